@@ -1,0 +1,21 @@
+"""WSGI+: a WSGI server where apps suspend on futures without holding a thread."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+__version__ = "0.1.0"
+
+from .config import Config  # noqa: E402
+from .server import Server  # noqa: E402
+from .wsgi import WSGIPLUS_VERSION  # noqa: E402
+
+__all__ = ["Config", "Server", "WSGIPLUS_VERSION", "__version__", "serve"]
+
+
+def serve(app: Callable[..., Any], bind: str | list[str] = "127.0.0.1:8000", threads: int = 8,
+          **options: Any) -> None:
+    """Serve ``app`` until SIGTERM/SIGINT: ``wsgiplus.serve(app, bind="0.0.0.0:8000")``."""
+    binds = [bind] if isinstance(bind, str) else list(bind)
+    Server(app, Config(app=app, bind=binds, threads=threads, **options)).run()

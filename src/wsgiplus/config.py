@@ -1,0 +1,68 @@
+"""Server settings: one dataclass, shared by the CLI, the API and the gunicorn worker.
+
+Names follow gunicorn and uvicorn where they mean the same thing.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from .protocol import Limits
+
+__all__ = ["Config"]
+
+
+@dataclass
+class Config:
+    """Everything that shapes how a server runs; defaults are production-sane."""
+
+    app: str | Callable[..., Any] | None = None
+    factory: bool = False  # app names a callable returning the WSGI app
+    bind: list[str] = field(default_factory=lambda: ["127.0.0.1:8000"])
+    fds: list[int] = field(default_factory=list)  # inherited listening sockets
+    threads: int = 8
+    root_path: str = ""  # SCRIPT_NAME
+    loop: str = "auto"  # auto | asyncio | uvloop
+    backlog: int = 2048
+    # request limits
+    max_request_line: int = 8190
+    max_header_count: int = 100
+    max_header_size: int = 8190
+    max_body_size: int = 1024 * 1024 * 1024
+    body_spool_size: int = 1024 * 1024  # bodies above this go to a temp file
+    # timeouts, seconds
+    keepalive_timeout: float = 5.0  # idle keep-alive connection
+    header_timeout: float = 10.0  # from a connection's first byte to a complete head
+    body_timeout: float = 30.0  # between two pieces of a request body
+    request_timeout: float | None = None  # whole request, suspensions included
+    graceful_timeout: float = 30.0
+    # flow control
+    write_buffer_high: int = 256 * 1024
+    write_buffer_low: int = 64 * 1024
+    max_connections: int | None = None
+    # identity
+    server_header: bool = True
+    url_scheme: str = "http"
+    workers: int = 1
+    # logging
+    log_level: str = "info"
+    access_log: bool = True
+
+    @property
+    def limits(self) -> Limits:
+        return Limits(
+            max_request_line=self.max_request_line,
+            max_header_count=self.max_header_count,
+            max_header_size=self.max_header_size,
+            max_body_size=self.max_body_size,
+        )
+
+    def replace(self, **changes: Any) -> Config:
+        return dataclasses.replace(self, **changes)
+
+    @classmethod
+    def field_names(cls) -> set[str]:
+        return {f.name for f in dataclasses.fields(cls)}

@@ -1,0 +1,409 @@
+"""Sans-I/O HTTP/1.1 for a server: bytes in, events out, and response framing.
+
+Nothing here touches a socket, a thread or an event loop, so every rule about
+what a server must accept, reject and send can be tested with plain bytes.
+Parsing is done by ``httptools`` (llhttp, the parser of Node.js), which already
+refuses most request-smuggling shapes (CL+TE, duplicate Content-Length, bad
+chunk sizes, bare LF, obs-fold, invalid tokens); this module adds the rules
+llhttp leaves to the server (Host, HTTP/1.0 + Transfer-Encoding, limits).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from email.utils import formatdate
+from http import HTTPStatus
+
+import httptools
+
+__all__ = [
+    "Data",
+    "EndOfMessage",
+    "Limits",
+    "ProtocolError",
+    "Request",
+    "RequestParser",
+    "ResponseFramer",
+    "build_response",
+    "error_response",
+    "http_date",
+]
+
+
+class ProtocolError(Exception):
+    """The peer broke HTTP: answer ``status`` and close the connection.
+
+    ``events`` holds what the same ``feed()`` completed before the error (a
+    valid pipelined request ahead of the bad bytes is still answered).
+    """
+
+    def __init__(self, status: int, reason: str) -> None:
+        super().__init__(reason)
+        self.status = status
+        self.reason = reason
+        self.events: list = []
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Request size limits (gunicorn's names in brackets)."""
+
+    max_request_line: int = 8190  # [limit_request_line] -> 414
+    max_header_count: int = 100  # [limit_request_fields] -> 431
+    max_header_size: int = 8190  # [limit_request_field_size] one field -> 431
+    max_body_size: int = 1024 * 1024 * 1024  # -> 413
+
+    @property
+    def max_head_bytes(self) -> int:
+        """Hard bound on a head still incomplete, so a never-ending field cannot eat memory."""
+        return self.max_request_line + self.max_header_count * (self.max_header_size + 4) + 4
+
+
+class Request:
+    """A request head: everything before the body."""
+
+    __slots__ = (
+        "method",
+        "target",
+        "path",
+        "query",
+        "http_version",
+        "headers",
+        "keep_alive",
+        "expect_continue",
+        "content_length",
+        "chunked",
+        "upgrade",
+    )
+
+    def __init__(
+        self,
+        method: str,
+        target: bytes,
+        path: bytes,
+        query: bytes,
+        http_version: str,
+        headers: list[tuple[bytes, bytes]],
+        keep_alive: bool,
+        expect_continue: bool,
+        content_length: int | None,
+        chunked: bool,
+        upgrade: bytes | None,
+    ) -> None:
+        self.method = method
+        self.target = target
+        self.path = path
+        self.query = query
+        self.http_version = http_version
+        self.headers = headers
+        self.keep_alive = keep_alive
+        self.expect_continue = expect_continue
+        self.content_length = content_length
+        self.chunked = chunked
+        self.upgrade = upgrade
+
+    @property
+    def has_body(self) -> bool:
+        return self.chunked or bool(self.content_length)
+
+    def __repr__(self) -> str:
+        return f"<Request {self.method} {self.target!r} HTTP/{self.http_version}>"
+
+
+class Data:
+    """A piece of request body."""
+
+    __slots__ = ("data",)
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+
+    def __repr__(self) -> str:
+        return f"<Data {len(self.data)} bytes>"
+
+
+class EndOfMessage:
+    """The request body is complete."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "<EndOfMessage>"
+
+
+END_OF_MESSAGE = EndOfMessage()
+
+Event = Request | Data | EndOfMessage
+
+
+class RequestParser:
+    """Turns received bytes into ``Request``, ``Data`` and ``EndOfMessage`` events.
+
+    ``feed()`` returns the events the bytes completed and raises ``ProtocolError``
+    for anything a server must refuse; after an error or an upgrade the parser
+    takes no more bytes (``upgraded_data`` holds what followed the upgrade).
+    """
+
+    def __init__(self, limits: Limits | None = None) -> None:
+        self.limits = limits or Limits()
+        self._parser = httptools.HttpRequestParser(self)
+        self._events: list[Event] = []
+        self._url = b""
+        self._headers: list[tuple[bytes, bytes]] = []
+        self._in_head = False
+        self._head_bytes = 0
+        self._body_bytes = 0
+        self.finished = False  # error or upgrade: no more HTTP on this connection
+        self.upgraded_data: bytes | None = None
+
+    def feed(self, data: bytes) -> list[Event]:
+        if self.finished:
+            raise ProtocolError(400, "data after the end of HTTP on this connection")
+        self._events = events = []
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserUpgrade as exc:
+            self.finished = True
+            self.upgraded_data = bytes(data[exc.args[0] :])
+            return events
+        except httptools.HttpParserCallbackError as exc:
+            cause = exc.__context__
+            if not isinstance(cause, ProtocolError):
+                raise  # a bug of ours, not the peer's
+            error = cause
+        except httptools.HttpParserInvalidMethodError as exc:
+            error = ProtocolError(400, f"invalid method: {exc}")
+        except httptools.HttpParserError as exc:
+            error = ProtocolError(400, str(exc) or "malformed request")
+        else:
+            if not self._in_head:
+                return events
+            self._head_bytes += len(data)
+            if self._head_bytes <= self.limits.max_head_bytes:
+                return events
+            error = ProtocolError(431, "request header section too large")
+        self.finished = True
+        error.events = events
+        raise error
+
+    # httptools callbacks -------------------------------------------------
+
+    def on_message_begin(self) -> None:
+        self._url = b""
+        self._headers = []
+        self._in_head = True
+        self._head_bytes = 0
+        self._body_bytes = 0
+
+    def on_url(self, url: bytes) -> None:
+        self._url += url
+        if len(self._url) > self.limits.max_request_line:
+            raise ProtocolError(414, "request target too long")
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        headers = self._headers
+        if len(headers) >= self.limits.max_header_count:
+            raise ProtocolError(431, "too many header fields")
+        if len(name) + len(value) + 2 > self.limits.max_header_size:
+            raise ProtocolError(431, "header field too large")
+        headers.append((name, value))
+
+    def on_headers_complete(self) -> None:
+        self._in_head = False
+        parser = self._parser
+        version = parser.get_http_version()
+        if version not in ("1.1", "1.0"):
+            raise ProtocolError(505 if version[:1] not in ("0", "1") else 400, "unsupported HTTP version")
+        content_length = None
+        chunked = False
+        expect_continue = False
+        upgrade = None
+        hosts = 0
+        for name, value in self._headers:
+            lname = name.lower()
+            if lname == b"host":
+                hosts += 1
+            elif lname == b"content-length":
+                content_length = int(value)  # llhttp has checked the digits and duplicates
+            elif lname == b"transfer-encoding":
+                if version == "1.0":
+                    raise ProtocolError(400, "Transfer-Encoding in an HTTP/1.0 request")
+                chunked = True  # llhttp refuses any coding but a final 'chunked'
+            elif lname == b"expect":
+                if value.strip().lower() == b"100-continue":
+                    expect_continue = version == "1.1"
+                else:
+                    raise ProtocolError(417, "unsupported expectation")
+            elif lname == b"upgrade":
+                upgrade = value
+        if hosts > 1 or (hosts == 0 and version == "1.1"):
+            raise ProtocolError(400, "an HTTP/1.1 request needs exactly one Host header")
+        limit = self.limits.max_body_size
+        if content_length is not None and content_length > limit:
+            raise ProtocolError(413, "request body too large")
+        url = self._url
+        if url[:1] == b"/":
+            path, sep, query = url.partition(b"?")
+            if b"#" in query:
+                query = query.partition(b"#")[0]
+        elif url == b"*":
+            path, query = b"*", b""
+        else:
+            try:
+                parsed = httptools.parse_url(url)
+            except httptools.HttpParserInvalidURLError:
+                raise ProtocolError(400, "invalid request target") from None
+            path = parsed.path or b"/"
+            query = parsed.query or b""
+        if not parser.should_upgrade():
+            upgrade = None
+        self._events.append(
+            Request(
+                parser.get_method().decode("ascii"),
+                url,
+                path,
+                query,
+                version,
+                self._headers,
+                parser.should_keep_alive(),
+                expect_continue,
+                content_length,
+                chunked,
+                upgrade,
+            )
+        )
+
+    def on_body(self, body: bytes) -> None:
+        self._body_bytes += len(body)
+        if self._body_bytes > self.limits.max_body_size:
+            raise ProtocolError(413, "request body too large")
+        self._events.append(Data(body))
+
+    def on_message_complete(self) -> None:
+        self._events.append(END_OF_MESSAGE)
+
+
+# Response side ------------------------------------------------------------
+
+_date_cache: list = [0, b""]
+
+
+def http_date() -> bytes:
+    """The Date header value, computed at most once a second."""
+    now = int(time.time())
+    if _date_cache[0] != now:
+        _date_cache[0] = now
+        _date_cache[1] = formatdate(now, usegmt=True).encode("ascii")
+    return _date_cache[1]
+
+
+_NO_BODY_STATUS = frozenset({204, 304})
+
+
+class ResponseFramer:
+    """Frames one response body after its head.
+
+    How the body is delimited is decided by ``build_response``: the app's
+    Content-Length (never more bytes than declared), else chunked for HTTP/1.1,
+    else the connection close. ``keep_alive`` is False once the connection must
+    be closed after this response.
+    """
+
+    __slots__ = ("chunked", "remaining", "no_body", "keep_alive", "status_code", "sent")
+
+    def __init__(self, status_code: int, no_body: bool, keep_alive: bool) -> None:
+        self.status_code = status_code
+        self.no_body = no_body
+        self.keep_alive = keep_alive
+        self.chunked = False
+        self.remaining: int | None = None  # bytes still owed under Content-Length
+        self.sent = 0  # body bytes sent, for the access log
+
+    def body(self, data: bytes) -> bytes:
+        """Frame a body chunk; bytes past a declared Content-Length are dropped."""
+        if self.no_body or not data:
+            return b""
+        if self.chunked:
+            self.sent += len(data)
+            return b"%x\r\n%b\r\n" % (len(data), data)
+        remaining = self.remaining
+        if remaining is not None:
+            if len(data) > remaining:
+                data = data[:remaining]
+            self.remaining = remaining - len(data)
+        self.sent += len(data)
+        return data
+
+    def end(self) -> bytes:
+        """Close the body; a body shorter than its Content-Length forces a close."""
+        if self.no_body:
+            return b""
+        if self.chunked:
+            return b"0\r\n\r\n"
+        if self.remaining:
+            self.keep_alive = False
+        return b""
+
+
+def build_response(
+    method: str,
+    http_version: str,
+    keep_alive: bool,
+    status: str,
+    headers: list[tuple[str, str]],
+    server_header: bytes | None = b"wsgiplus",
+    known_length: int | None = None,
+) -> tuple[bytes, ResponseFramer]:
+    """Serialise a response head; return it with the framer for the body.
+
+    ``headers`` are the app's, already validated (no hop-by-hop, no CR/LF).
+    ``known_length`` is the whole body's size when the server knows it before
+    sending the head (a one-element list), so no chunked framing is needed.
+    """
+    code = int(status[:3])
+    no_body = method == "HEAD" or code in _NO_BODY_STATUS or code < 200
+    framer = ResponseFramer(code, no_body, keep_alive)
+    content_length = None
+    lines = [b"HTTP/1.1 ", status.encode("latin-1"), b"\r\n"]
+    for name, value in headers:
+        if len(name) == 14 and name.lower() == "content-length":
+            content_length = int(value)  # validated by start_response
+        lines += (name.encode("latin-1"), b": ", value.encode("latin-1"), b"\r\n")
+    if content_length is not None:
+        framer.remaining = content_length
+    elif code in _NO_BODY_STATUS or code < 200:
+        pass
+    elif known_length is not None:
+        framer.remaining = known_length
+        lines += (b"Content-Length: ", str(known_length).encode(), b"\r\n")
+    elif no_body:
+        pass  # HEAD with an unknown length: say nothing rather than guess
+    elif http_version == "1.1":
+        framer.chunked = True
+        lines.append(b"Transfer-Encoding: chunked\r\n")
+    else:
+        framer.keep_alive = False  # HTTP/1.0: the close delimits the body
+    if server_header:
+        lines += (b"Server: ", server_header, b"\r\n")
+    lines += (b"Date: ", http_date(), b"\r\n")
+    if not framer.keep_alive:
+        lines.append(b"Connection: close\r\n")
+    elif http_version == "1.0":
+        lines.append(b"Connection: keep-alive\r\n")
+    lines.append(b"\r\n")
+    return b"".join(lines), framer
+
+
+def error_response(status: int, reason: str = "", keep_alive: bool = False) -> bytes:
+    """A complete small plain-text response for errors the server answers itself."""
+    phrase = HTTPStatus(status).phrase
+    body = f"{status} {phrase}\n{reason}\n".encode("latin-1", "replace") if reason else f"{status} {phrase}\n".encode()
+    head = [
+        f"HTTP/1.1 {status} {phrase}\r\n".encode(),
+        b"Content-Type: text/plain; charset=utf-8\r\n",
+        b"Content-Length: %d\r\n" % len(body),
+        b"Date: " + http_date() + b"\r\n",
+        b"Connection: keep-alive\r\n\r\n" if keep_alive else b"Connection: close\r\n\r\n",
+    ]
+    return b"".join(head) + body

@@ -1,0 +1,478 @@
+"""Drives one WSGI app iterable to the end, holding a thread only while app code runs.
+
+A *step* runs on a pool thread, inside the request's own ``contextvars.Context``:
+it calls the app (first step) and then pulls items from the iterable for as
+long as they are bytes. It ends when the app yields a future (suspend), when
+the connection's write buffer is over its high-water mark (drain), when the
+app yields ``b""`` after ``wsgi.pause_output()`` (pause), or at the end. The
+step posts one wake-up to the event loop with its outcome; everything else -
+watching the future, timers, disconnects - happens on the loop thread, which
+submits the next step when the request can go on.
+
+Body bytes produced in a step go to an outbox that the loop flushes: a chunk
+is handed over before the app is asked for the next one (PEP 3333 forbids
+holding a block back), but a burst of chunks costs one wake-up, not one each.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterable
+from typing import Any, Protocol
+
+from .protocol import ResponseFramer, build_response, error_response
+from .wsgi import check_headers, check_status
+
+log = logging.getLogger("wsgiplus.error")
+
+__all__ = ["Runner", "Sink"]
+
+# step outcomes
+_DONE = 0  # response complete
+_SUSPEND = 1  # waiting on a future
+_DRAIN = 2  # waiting for the write buffer to drain
+_PAUSE = 3  # waiting for wsgi.pause_output's resume()
+_FAILED = 4  # app error before the head was sent: a 500 is in the outbox
+_ABORT = 5  # app error after the head was sent: the response is broken
+_STOPPED = 6  # closed early because of a disconnect or the deadline
+
+# loop-side states
+_PENDING, _RUNNING, _SUSPENDED, _DRAINING, _PAUSED, _CLOSING, _FINISHED = range(7)
+
+OUTBOX_HIGH_WATER = 256 * 1024
+
+
+class Sink(Protocol):
+    """What a runner needs from its connection (all called on the loop thread)."""
+
+    write_paused: bool  # also read from pool threads
+    disconnected: bool
+
+    def write(self, data: bytes) -> None: ...
+
+
+class Runner:
+    """One request's trip through the app, from ``app(environ, start_response)`` to ``close()``.
+
+    ``on_finished(runner, keep_alive, abort)`` is called once on the loop thread
+    when the response is complete (``keep_alive`` says whether the connection
+    may carry another request) or must be cut short (``abort``).
+    """
+
+    def __init__(
+        self,
+        app: Callable[..., Iterable[Any]],
+        environ: dict[str, Any],
+        sink: Sink,
+        loop: asyncio.AbstractEventLoop,
+        submit: Callable[..., None],
+        on_finished: Callable[[Runner, bool, bool], None],
+        *,
+        method: str,
+        http_version: str,
+        keep_alive: bool,
+        server_header: bytes | None = b"wsgiplus",
+        timeout: float | None = None,
+    ) -> None:
+        self.app = app
+        self.environ = environ
+        self.sink = sink
+        self.loop = loop
+        self._submit = submit
+        self._on_finished = on_finished
+        self._post = loop.call_soon_threadsafe
+        self.method = method
+        self.http_version = http_version
+        self.keep_alive = keep_alive
+        self.server_header = server_header
+        self.timeout = timeout
+        self.context = contextvars.Context()
+        self.state = _PENDING
+        self.started_at = 0.0
+        # app side (pool threads, one at a time)
+        self.status: str | None = None
+        self.headers: list[tuple[str, str]] = []
+        self.head_sent = False
+        self.framer: ResponseFramer | None = None
+        self._iterable: Iterable[Any] | None = None
+        self._iterator: Any = None
+        self._single_chunk = False
+        self._closed = False
+        # shared between pool threads and the loop
+        self._lock = threading.Lock()
+        self._out: list[bytes] = []
+        self._out_size = 0
+        self._flush_posted = False
+        self._stop_reason: str | None = None  # "disconnect" or "deadline", set by the loop
+        self._pause_token: object | None = None
+        self._parked = False
+        self._resume_early = False
+        self._write_ready: threading.Event | None = None
+        # loop side
+        self._future: Any = None
+        self._timer: asyncio.TimerHandle | None = None
+        environ["wsgi.pause_output"] = environ["wsgiplus.pause_output"] = self.pause_output
+
+    # -- loop thread -------------------------------------------------------
+
+    def start(self) -> None:
+        self.state = _RUNNING
+        self.started_at = time.monotonic()
+        if self.timeout:
+            self._timer = self.loop.call_later(self.timeout, self._on_deadline)
+        self._submit(self._run)
+
+    def _after_step(self, outcome: int, arg: Any) -> None:
+        self._flush()
+        if outcome == _SUSPEND:
+            if self._stop_reason:
+                self._cancel_future(arg)
+                self._close_then(self._stop_reason)
+                return
+            self.state = _SUSPENDED
+            self._watch(arg)
+        elif outcome == _DRAIN:
+            if self._stop_reason:
+                self._close_then(self._stop_reason)
+            elif self.sink.write_paused:
+                self.state = _DRAINING
+            else:
+                self._submit(self._run)
+        elif outcome == _PAUSE:
+            if self._stop_reason:
+                self._close_then(self._stop_reason)
+            elif self._resume_early:
+                self._resume_early = False
+                self._submit(self._run)
+            else:
+                self.state = _PAUSED
+        elif outcome == _DONE:
+            self._finish(self.framer.keep_alive if self.framer else False, False)
+        elif outcome == _FAILED:
+            self._finish(False, False)
+        elif outcome == _ABORT:
+            self._finish(False, True)
+        else:  # _STOPPED
+            self._stopped(arg)
+
+    def _watch(self, fut: Any) -> None:
+        """Wake the request when ``fut`` is done, whoever completes it and on whatever thread."""
+        self._future = fut
+        if isinstance(fut, asyncio.Future):
+            floop = fut.get_loop()
+            if floop is self.loop:
+                fut.add_done_callback(self._on_future_done)
+            else:
+                floop.call_soon_threadsafe(fut.add_done_callback, self._future_done_threadsafe)
+        else:
+            fut.add_done_callback(self._future_done_threadsafe)
+
+    def _future_done_threadsafe(self, fut: Any) -> None:
+        try:
+            self._post(self._on_future_done, fut)
+        except RuntimeError:  # the loop is closed: the server is gone
+            pass
+
+    def _on_future_done(self, fut: Any) -> None:
+        if self.state != _SUSPENDED or self._future is not fut:
+            return
+        self._future = None
+        self.state = _RUNNING
+        self._submit(self._run)
+
+    def on_drain(self) -> None:
+        """The connection's write buffer went below its low-water mark."""
+        if self.state == _DRAINING:
+            self.state = _RUNNING
+            self._submit(self._run)
+        event = self._write_ready
+        if event is not None:
+            self._write_ready = None
+            event.set()
+
+    def _on_resume(self) -> None:
+        if self.state == _PAUSED:
+            self.state = _RUNNING
+            self._submit(self._run)
+        elif self.state == _RUNNING:
+            self._resume_early = True
+
+    def on_disconnect(self) -> None:
+        """The client went away: stop the app, close the iterable, cancel what it waits on."""
+        self._stop("disconnect")
+        event = self._write_ready
+        if event is not None:
+            self._write_ready = None
+            event.set()
+
+    def _on_deadline(self) -> None:
+        self._timer = None
+        log.warning("request timeout: %s %s ran past %.3gs", self.method,
+                    self.environ.get("PATH_INFO"), self.timeout)
+        self._stop("deadline")
+
+    def _stop(self, reason: str) -> None:
+        if self.state in (_FINISHED, _CLOSING) or self._stop_reason:
+            return
+        if self.state == _PENDING:
+            self.state = _FINISHED  # the app was never called
+            return
+        self._stop_reason = reason  # a running step sees it at its next item
+        if self.state in (_SUSPENDED, _DRAINING, _PAUSED):
+            self._cancel_future(self._future)
+            self._future = None
+            self._close_then(reason)
+
+    def _close_then(self, reason: str) -> None:
+        self.state = _CLOSING
+        self._submit(self._run_close, reason)
+
+    def _stopped(self, reason: str) -> None:
+        self._flush()
+        if reason == "deadline" and not self.sink.disconnected:
+            if not self.head_sent:
+                self.sink.write(error_response(504, "the request ran past its deadline"))
+                self._finish(False, False)
+            else:
+                self._finish(False, True)
+        else:
+            self._finish(False, True)
+
+    def _finish(self, keep_alive: bool, abort: bool) -> None:
+        if self.state == _FINISHED:
+            return
+        self.state = _FINISHED
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._on_finished(self, keep_alive, abort)
+
+    @staticmethod
+    def _cancel_future(fut: Any) -> None:
+        if fut is None:
+            return
+        try:
+            if isinstance(fut, asyncio.Future):
+                fut.get_loop().call_soon_threadsafe(fut.cancel)
+            else:
+                fut.cancel()
+        except Exception:  # a future-like without cancel, or a closed loop
+            log.debug("could not cancel %r", fut, exc_info=True)
+
+    def _flush(self) -> None:
+        with self._lock:
+            out = self._out
+            self._out = []
+            self._out_size = 0
+            self._flush_posted = False
+        if out and not self.sink.disconnected:
+            self.sink.write(out[0] if len(out) == 1 else b"".join(out))
+
+    def _check_writable(self) -> None:
+        """For the blocking ``write()``: release the app thread once the buffer drains."""
+        self._flush()
+        event = self._write_ready
+        if event is not None and (not self.sink.write_paused or self.sink.disconnected):
+            self._write_ready = None
+            event.set()
+
+    # -- pool threads -------------------------------------------------------
+
+    def _run(self) -> None:
+        outcome, arg = self.context.run(self._step)
+        self._post(self._after_step, outcome, arg)
+
+    def _run_close(self, reason: str) -> None:
+        self.context.run(self._close_iterable)
+        self._post(self._stopped, reason)
+
+    def _step(self) -> tuple[int, Any]:
+        try:
+            it = self._iterator
+            if it is None:
+                if self._stop_reason:
+                    return _STOPPED, self._stop_reason
+                result = self.app(self.environ, self._start_response)
+                self._iterable = result
+                self._single_chunk = type(result) in (list, tuple) and len(result) == 1
+                it = self._iterator = iter(result)
+            sink = self.sink
+            while True:
+                if self._stop_reason:
+                    self._close_iterable()
+                    return _STOPPED, self._stop_reason
+                if self._out and not self._flush_posted:
+                    self._post_flush()
+                item = next(it)
+                if type(item) is bytes or isinstance(item, (bytes, bytearray, memoryview)):
+                    if item:
+                        self._send(bytes(item) if type(item) is not bytes else item)
+                        if self._out_size > OUTBOX_HIGH_WATER or sink.write_paused:
+                            return _DRAIN, None
+                    elif self._pause_token is not None:
+                        with self._lock:
+                            park = self._pause_token is not None
+                            self._parked = park
+                        if park:
+                            return _PAUSE, None
+                    continue
+                if not hasattr(item, "add_done_callback"):
+                    raise TypeError(
+                        f"the app yielded {type(item).__name__}: WSGI+ body items are bytes "
+                        "or futures (objects with add_done_callback)"
+                    )
+                done = getattr(item, "done", None)
+                if done is not None and done():
+                    continue  # already complete: no need to give the thread back
+                return _SUSPEND, item
+        except StopIteration:
+            pass
+        except BaseException as exc:  # the app's error, reported like any server does
+            return self._app_error(exc)
+        try:
+            self._end_body()
+        except BaseException as exc:
+            return self._app_error(exc)
+        self._close_iterable()
+        return _DONE, None
+
+    def _start_response(
+        self, status: str, headers: list[tuple[str, str]], exc_info: Any = None
+    ) -> Callable[[bytes], None]:
+        if exc_info:
+            try:
+                if self.head_sent:
+                    raise exc_info[1].with_traceback(exc_info[2])
+            finally:
+                exc_info = None
+        elif self.status is not None:
+            raise AssertionError("start_response called a second time without exc_info")
+        self.status = check_status(status)
+        self.headers = check_headers(headers)
+        return self._write
+
+    def _write(self, data: bytes) -> None:
+        """PEP 3333's legacy ``write()``: sends now and blocks while the client is slow."""
+        if type(data) is not bytes:
+            raise TypeError(f"write() takes bytes, not {type(data).__name__}")
+        if self._stop_reason == "disconnect":
+            raise ConnectionResetError("client disconnected")
+        if not data:
+            return
+        self._send(data)
+        if self._out_size > OUTBOX_HIGH_WATER or self.sink.write_paused:
+            event = threading.Event()
+            self._write_ready = event
+            self._post(self._check_writable)
+            event.wait()
+            if self._stop_reason == "disconnect":
+                raise ConnectionResetError("client disconnected")
+        else:
+            self._post_flush()
+
+    def _send(self, data: bytes) -> None:
+        if self.head_sent:
+            chunk = self.framer.body(data)
+        else:
+            if self.status is None:
+                raise AssertionError("the app sent body bytes before calling start_response")
+            head, self.framer = build_response(
+                self.method,
+                self.http_version,
+                self.keep_alive,
+                self.status,
+                self.headers,
+                self.server_header,
+                len(data) if self._single_chunk else None,
+            )
+            self.head_sent = True
+            chunk = head + self.framer.body(data)
+        if chunk:
+            with self._lock:
+                self._out.append(chunk)
+                self._out_size += len(chunk)
+
+    def _end_body(self) -> None:
+        if not self.head_sent:
+            if self.status is None:
+                raise AssertionError("the app returned without calling start_response")
+            head, self.framer = build_response(
+                self.method,
+                self.http_version,
+                self.keep_alive,
+                self.status,
+                self.headers,
+                self.server_header,
+                None if self.method == "HEAD" else 0,
+            )
+            self.head_sent = True
+            chunk = head + self.framer.end()
+        else:
+            chunk = self.framer.end()
+        if chunk:
+            with self._lock:
+                self._out.append(chunk)
+                self._out_size += len(chunk)
+
+    def _post_flush(self) -> None:
+        with self._lock:
+            if self._flush_posted or not self._out:
+                return
+            self._flush_posted = True
+        self._post(self._flush)
+
+    def _app_error(self, exc: BaseException) -> tuple[int, Any]:
+        env = self.environ
+        log.error(
+            "Error in app for %s %s%s",
+            self.method,
+            env.get("SCRIPT_NAME", ""),
+            env.get("PATH_INFO", ""),
+            exc_info=exc,
+        )
+        self._close_iterable()
+        if self.head_sent:
+            return _ABORT, None
+        self.status = "500 Internal Server Error"
+        with self._lock:
+            self._out.append(error_response(500))
+        return _FAILED, None
+
+    def _close_iterable(self) -> None:
+        """Call the iterable's ``close()`` exactly once, whatever ended the request."""
+        if self._closed:
+            return
+        self._closed = True
+        close = getattr(self._iterable, "close", None)
+        if close is not None:
+            try:
+                close()
+            except BaseException:
+                log.exception("Error closing the app iterable for %s %s", self.method,
+                              self.environ.get("PATH_INFO", ""))
+
+    def pause_output(self) -> Callable[[], None]:
+        """``wsgi.pause_output()``: the next ``b""`` the app yields parks the request
+        until the returned ``resume()`` is called, from any thread."""
+        token = object()
+        with self._lock:
+            self._pause_token = token
+
+        def resume() -> None:
+            with self._lock:
+                if self._pause_token is not token:
+                    return
+                self._pause_token = None
+                parked = self._parked
+                self._parked = False
+            if parked:
+                try:
+                    self._post(self._on_resume)
+                except RuntimeError:
+                    pass
+
+        return resume

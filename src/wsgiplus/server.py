@@ -1,0 +1,454 @@
+"""The asyncio side: connections, keep-alive, pipelining, timeouts, flow control, shutdown.
+
+One event loop owns every socket. A connection feeds received bytes to the
+sans-I/O parser, buffers request bodies (so a slow uploader never pins a
+thread), answers requests strictly in order, and hands each complete request
+to a ``Runner``, which drives the app on the thread pool.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import socket
+import sys
+import time
+from collections import deque
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from .config import Config
+from .listeners import bind_socket, describe, socket_from_fd
+from .pool import ThreadPool
+from .protocol import Data, EndOfMessage, ProtocolError, Request, RequestParser, error_response
+from .runner import Runner
+from .wsgi import BodyBuffer, build_environ, environ_template
+
+log = logging.getLogger("wsgiplus.error")
+
+__all__ = ["HTTPConnection", "Server", "new_event_loop"]
+
+_CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+
+
+class Exchange:
+    """One request on a connection, from its head to the end of its response."""
+
+    __slots__ = ("request", "body", "complete", "runner")
+
+    def __init__(self, request: Request, spool: int) -> None:
+        self.request = request
+        self.body = BodyBuffer(spool) if request.has_body else None
+        self.complete = False
+        self.runner: Runner | None = None
+
+
+class HTTPConnection(asyncio.Protocol):
+    """HTTP/1.1 on one transport. Every method runs on the loop thread."""
+
+    def __init__(self, server: Server, template: dict[str, Any]) -> None:
+        self.server = server
+        self.config = server.config
+        self.loop = server.loop
+        self.template = template
+        self.parser = RequestParser(server.limits)
+        self.transport: asyncio.Transport | None = None
+        self.remote: tuple[str, int] | None = None
+        self.queue: deque[Exchange] = deque()  # queue[0] is the one being answered
+        self.receiving: Exchange | None = None  # whose body is arriving
+        self.write_paused = False
+        self.disconnected = False
+        self.closing = False
+        self.reading_paused = False
+        self.pending_error: ProtocolError | None = None
+        self.requests = 0
+        self._timer: asyncio.TimerHandle | None = None
+        self._idle = True  # no request in the queue: the keep-alive timer may run
+
+    # -- transport callbacks --------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        config = self.config
+        transport.set_write_buffer_limits(high=config.write_buffer_high, low=config.write_buffer_low)  # type: ignore[attr-defined]
+        peer = transport.get_extra_info("peername")
+        if isinstance(peer, tuple):
+            self.remote = (peer[0], peer[1])
+        sock = transport.get_extra_info("socket")
+        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+            try:
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            except OSError:
+                pass
+        self.server.connections.add(self)
+        self._set_timer(config.header_timeout, self._on_header_timeout)
+
+    def data_received(self, data: bytes) -> None:
+        if self.pending_error is not None or self.closing:
+            return
+        if self._idle and self._timer is not None and self._timer_kind != "header":
+            # first bytes of the next request: the head must now arrive in time
+            self._set_timer(self.config.header_timeout, self._on_header_timeout)
+        try:
+            events = self.parser.feed(data)
+        except ProtocolError as exc:
+            self._handle_events(exc.events)
+            self._protocol_error(exc)
+            return
+        if events:
+            self._handle_events(events)
+        if self.receiving is not None and self.receiving.body is not None:
+            self._set_timer(self.config.body_timeout, self._on_body_timeout)
+
+    def eof_received(self) -> bool | None:
+        # A client that half-closes is treated as gone (as waitress does): the
+        # alternative leaves a suspended request running for nobody.
+        return None
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.disconnected = True
+        self._cancel_timer()
+        self.server.connections.discard(self)
+        for ex in self.queue:
+            if ex.runner is not None:
+                ex.runner.on_disconnect()
+        self.queue.clear()
+        self.server.connection_closed(self)
+
+    def pause_writing(self) -> None:
+        self.write_paused = True
+
+    def resume_writing(self) -> None:
+        self.write_paused = False
+        if self.queue and self.queue[0].runner is not None:
+            self.queue[0].runner.on_drain()
+
+    # -- requests -------------------------------------------------------------
+
+    def _handle_events(self, events: Iterable[Any]) -> None:
+        for event in events:
+            kind = type(event)
+            if kind is Data:
+                self.receiving.body.write(event.data)  # type: ignore[union-attr]
+            elif kind is Request:
+                ex = Exchange(event, self.config.body_spool_size)
+                self.receiving = ex
+                self.queue.append(ex)
+                if len(self.queue) == 1:
+                    self._idle = False
+                    self._cancel_timer()
+                    self._begin(ex)
+                elif not self.reading_paused:
+                    # A pipelined request waits its turn; stop reading more.
+                    self.reading_paused = True
+                    self.transport.pause_reading()  # type: ignore[union-attr]
+            elif kind is EndOfMessage:
+                ex = self.receiving  # type: ignore[assignment]
+                self.receiving = None
+                ex.complete = True
+                if ex is self.queue[0]:
+                    self._cancel_timer()
+                    self._start(ex)
+
+    def _begin(self, ex: Exchange) -> None:
+        """``ex`` is next to be answered: ask for its body if the client waits to be asked."""
+        if ex.request.expect_continue and not ex.complete:
+            self.transport.write(_CONTINUE)  # type: ignore[union-attr]
+
+    def _start(self, ex: Exchange) -> None:
+        request = ex.request
+        keep_alive = request.keep_alive and not self.closing and request.upgrade is None
+        environ = build_environ(
+            self.template, request, ex.body.stream() if ex.body is not None else None, self.remote
+        )
+        environ["wsgiplus.client_disconnected"] = self.is_disconnected
+        server = self.server
+        runner = Runner(
+            server.app,
+            environ,
+            self,
+            self.loop,
+            server.pool.submit,
+            self._on_response_done,
+            method=request.method,
+            http_version=request.http_version,
+            keep_alive=keep_alive,
+            server_header=server.server_header,
+            timeout=self.config.request_timeout,
+        )
+        ex.runner = runner
+        server.active += 1
+        runner.start()
+
+    def is_disconnected(self) -> bool:
+        """``environ['wsgiplus.client_disconnected']``: lets long work stop early."""
+        return self.disconnected
+
+    def _on_response_done(self, runner: Runner, keep_alive: bool, abort: bool) -> None:
+        self.server.active -= 1
+        self.requests += 1
+        self.server.access(self, runner)
+        if self.disconnected:
+            return
+        if self.queue and self.queue[0].runner is runner:
+            self.queue.popleft()
+        if abort or not keep_alive or self.closing:
+            self.close()
+            return
+        if self.queue:
+            ex = self.queue[0]
+            self._begin(ex)
+            if ex.complete:
+                self._start(ex)
+            elif ex.body is not None:
+                self._set_timer(self.config.body_timeout, self._on_body_timeout)
+        elif self.pending_error is not None:
+            self._send_error(self.pending_error)
+            return
+        else:
+            self._idle = True
+            self._set_timer(self.config.keepalive_timeout, self._on_keepalive_timeout, "keepalive")
+        if self.reading_paused and len(self.queue) <= 1:
+            self.reading_paused = False
+            self.transport.resume_reading()  # type: ignore[union-attr]
+
+    def _protocol_error(self, exc: ProtocolError) -> None:
+        log.info("bad request from %s: %d %s", self.remote and self.remote[0], exc.status, exc.reason)
+        ex = self.receiving
+        if ex is not None and not ex.complete:
+            self.queue.remove(ex)  # half a request is never given to the app
+            self.receiving = None
+        if self.queue:
+            self.pending_error = exc  # answered after the requests ahead of it
+            if not self.reading_paused:
+                self.reading_paused = True
+                self.transport.pause_reading()  # type: ignore[union-attr]
+        else:
+            self._send_error(exc)
+
+    def _send_error(self, exc: ProtocolError) -> None:
+        self.pending_error = exc
+        self.transport.write(error_response(exc.status, exc.reason))  # type: ignore[union-attr]
+        self.close()
+
+    def write(self, data: bytes) -> None:
+        if not self.disconnected:
+            self.transport.write(data)  # type: ignore[union-attr]
+
+    def close(self) -> None:
+        """Close after what is buffered has been sent."""
+        self.closing = True
+        self._cancel_timer()
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.close()
+
+    def shutdown(self) -> None:
+        """Graceful stop: close if idle, else close after the response in flight."""
+        self.closing = True
+        if not self.queue or self.queue[0].runner is None:
+            self.close()
+
+    # -- timers -----------------------------------------------------------------
+
+    _timer_kind = ""
+
+    def _set_timer(self, delay: float | None, callback: Callable[[], None], kind: str = "header") -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer_kind = kind
+        self._timer = self.loop.call_later(delay, callback) if delay else None
+
+    def _cancel_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _on_keepalive_timeout(self) -> None:
+        self._timer = None
+        if self._idle:
+            self.close()
+
+    def _on_header_timeout(self) -> None:
+        self._timer = None
+        if self._idle and not self.closing:
+            log.info("request head timeout from %s", self.remote and self.remote[0])
+            self._send_error(ProtocolError(408, "request head not received in time"))
+
+    def _on_body_timeout(self) -> None:
+        self._timer = None
+        ex = self.receiving
+        if ex is not None and not ex.complete and ex.runner is None:
+            log.info("request body timeout from %s", self.remote and self.remote[0])
+            self.queue.remove(ex)
+            self.receiving = None
+            if self.queue:
+                self.pending_error = ProtocolError(408, "request body not received in time")
+            else:
+                self._send_error(ProtocolError(408, "request body not received in time"))
+
+
+def new_event_loop(kind: str = "auto") -> asyncio.AbstractEventLoop:
+    """uvloop when it is installed (and asked for or ``auto``), else asyncio's own."""
+    if kind in ("auto", "uvloop"):
+        try:
+            import uvloop
+        except ImportError:
+            if kind == "uvloop":
+                raise
+        else:
+            return uvloop.new_event_loop()
+    return asyncio.new_event_loop()
+
+
+class Server:
+    """Serves one WSGI app on a set of listening sockets from one event loop."""
+
+    def __init__(self, app: Callable[..., Any], config: Config | None = None) -> None:
+        self.app = app
+        self.config = config or Config()
+        self.limits = self.config.limits
+        self.server_header = b"wsgiplus" if self.config.server_header else None
+        self.loop: asyncio.AbstractEventLoop = None  # type: ignore[assignment]
+        self.pool: ThreadPool = None  # type: ignore[assignment]
+        self.connections: set[HTTPConnection] = set()
+        self.active = 0  # requests handed to the app and not finished
+        self.sockets: list[socket.socket] = []
+        self._servers: list[asyncio.AbstractServer] = []
+        self._stopping: asyncio.Event | None = None
+        self._idle_waiter: asyncio.Future | None = None
+        self.started = False
+        self.access_logger = logging.getLogger("wsgiplus.access")
+
+    @property
+    def addresses(self) -> list[str]:
+        """The bind strings actually served (port 0 resolved)."""
+        return [describe(s) for s in self.sockets]
+
+    def make_sockets(self) -> list[socket.socket]:
+        socks = [socket_from_fd(fd) for fd in self.config.fds]
+        socks += [bind_socket(b, self.config.backlog) for b in self.config.bind]
+        return socks
+
+    async def start(self, sockets: list[socket.socket] | None = None) -> None:
+        """Start listening (on ``sockets`` if given, else on the configured binds)."""
+        self.loop = asyncio.get_running_loop()
+        self._stopping = asyncio.Event()
+        config = self.config
+        self.pool = ThreadPool(config.threads)
+        self.sockets = sockets if sockets is not None else self.make_sockets()
+        multiprocess = config.workers > 1
+        for sock in self.sockets:
+            template = self._template(sock, multiprocess)
+
+            def factory(template: dict[str, Any] = template) -> HTTPConnection:
+                return HTTPConnection(self, template)
+
+            if sock.family == socket.AF_UNIX:
+                srv = await self.loop.create_unix_server(factory, sock=sock, backlog=config.backlog)
+            else:
+                srv = await self.loop.create_server(factory, sock=sock, backlog=config.backlog)
+            self._servers.append(srv)
+        self.started = True
+        for addr in self.addresses:
+            log.info("WSGI+ listening on %s (%d threads, pid %d)", addr, config.threads, os.getpid())
+
+    def _template(self, sock: socket.socket, multiprocess: bool) -> dict[str, Any]:
+        name = sock.getsockname()
+        if isinstance(name, tuple):
+            host, port = str(name[0]), str(name[1])
+        else:
+            host, port = "localhost", ""
+        return environ_template(host, port, self.config.url_scheme, self.config.root_path, multiprocess)
+
+    def access(self, conn: HTTPConnection, runner: Runner) -> None:
+        """Hook for the access log (one line per finished request)."""
+        logger = self.access_logger
+        if not self.config.access_log or not logger.isEnabledFor(logging.INFO):
+            return
+        env = runner.environ
+        framer = runner.framer
+        status = framer.status_code if framer else (runner.status or "-")[:3]
+        sent = framer.sent if framer else 0
+        logger.info(
+            '%s - "%s %s %s" %s %d %.1fms',
+            env.get("REMOTE_ADDR") or "-",
+            runner.method,
+            env.get("RAW_URI", ""),
+            env.get("SERVER_PROTOCOL", ""),
+            status,
+            sent,
+            (time.monotonic() - runner.started_at) * 1000,
+        )
+
+    def connection_closed(self, conn: HTTPConnection) -> None:
+        if self._idle_waiter is not None and not self.connections and not self._idle_waiter.done():
+            self._idle_waiter.set_result(None)
+
+    def request_stop(self) -> None:
+        """Ask the server to stop gracefully; safe from any thread or a signal handler."""
+        if self.loop is None or self._stopping is None:
+            return
+        self.loop.call_soon_threadsafe(self._stopping.set)
+
+    async def wait_stopped(self) -> None:
+        assert self._stopping is not None
+        await self._stopping.wait()
+
+    async def shutdown(self, timeout: float | None = None) -> None:
+        """Stop accepting, let in-flight requests (suspended ones too) finish, then close."""
+        timeout = self.config.graceful_timeout if timeout is None else timeout
+        for srv in self._servers:
+            srv.close()
+        for conn in list(self.connections):
+            conn.shutdown()
+        if self.connections:
+            self._idle_waiter = self.loop.create_future()
+            try:
+                await asyncio.wait_for(asyncio.shield(self._idle_waiter), timeout)
+            except asyncio.TimeoutError:
+                log.warning("graceful timeout: aborting %d connection(s)", len(self.connections))
+                for conn in list(self.connections):
+                    if conn.transport is not None:
+                        conn.transport.abort()
+                await asyncio.sleep(0)
+        for srv in self._servers:
+            try:
+                await asyncio.wait_for(srv.wait_closed(), 1)
+            except asyncio.TimeoutError:
+                pass
+        # let iterables closed because of the abort finish their close() on the pool
+        await self.loop.run_in_executor(None, self.pool.shutdown, 5.0)
+        for sock in self.sockets:
+            if sock.family == socket.AF_UNIX:
+                try:
+                    os.unlink(sock.getsockname())
+                except OSError:
+                    pass
+
+    async def serve(self, sockets: list[socket.socket] | None = None) -> None:
+        """Start, serve until ``request_stop()`` (or SIGTERM/SIGINT), then shut down."""
+        await self.start(sockets)
+        self._install_signals()
+        await self.wait_stopped()
+        log.info("shutting down (graceful timeout %ss)", self.config.graceful_timeout)
+        await self.shutdown()
+
+    def _install_signals(self) -> None:
+        if sys.platform == "win32":
+            return
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            try:
+                self.loop.add_signal_handler(sig, self.request_stop)
+            except (RuntimeError, ValueError):  # not the main thread
+                return
+
+    def run(self) -> None:
+        """Run in this thread until stopped."""
+        loop = new_event_loop(self.config.loop)
+        try:
+            loop.run_until_complete(self.serve())
+        finally:
+            loop.run_until_complete(loop.shutdown_asyncgens())
+            loop.close()

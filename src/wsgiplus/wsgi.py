@@ -1,0 +1,223 @@
+"""PEP 3333 plumbing: the environ of a request, its input stream, header rules.
+
+The server builds one environ per request from a per-listener template, so
+the hot path is a dict copy plus the request's own keys.
+"""
+
+from __future__ import annotations
+
+import io
+import re
+import sys
+import tempfile
+from collections.abc import Iterator
+from typing import IO, Any
+from urllib.parse import unquote_to_bytes
+
+from .protocol import Request
+
+__all__ = ["BodyBuffer", "FileWrapper", "WSGIPLUS_VERSION", "build_environ", "check_headers", "environ_template"]
+
+WSGIPLUS_VERSION = (1, 0)
+
+HOP_BY_HOP = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "te",
+        "trailer",
+        "trailers",
+        "transfer-encoding",
+        "upgrade",
+    }
+)
+
+_TOKEN = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
+_BAD_VALUE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
+_STATUS = re.compile(r"^[1-9][0-9]{2} [^\r\n]*$")
+
+
+def check_status(status: object) -> str:
+    if type(status) is not str or not _STATUS.match(status):
+        raise ValueError(f"invalid status line {status!r}: want a str like '200 OK'")
+    return status
+
+
+def check_headers(headers: object) -> list[tuple[str, str]]:
+    """Refuse what would corrupt the response: CR/LF injection, hop-by-hop fields."""
+    if type(headers) is not list:
+        raise TypeError(f"response headers must be a list, not {type(headers).__name__}")
+    for item in headers:
+        if type(item) is not tuple or len(item) != 2:
+            raise TypeError(f"response header {item!r} is not a (name, value) tuple")
+        name, value = item
+        if type(name) is not str or type(value) is not str:
+            raise TypeError(f"response header {item!r} must be two str")
+        if not _TOKEN.match(name):
+            raise ValueError(f"invalid response header name {name!r}")
+        if _BAD_VALUE.search(value):
+            raise ValueError(f"invalid character in response header {name!r}")
+        lname = name.lower()
+        if lname in HOP_BY_HOP:
+            raise ValueError(f"hop-by-hop header {name!r} is the server's, not the app's (PEP 3333)")
+        if lname == "content-length" and not value.strip().isdigit():
+            raise ValueError(f"invalid Content-Length {value!r}")
+    return headers
+
+
+class BodyBuffer:
+    """Collects a request body on the event loop; spills to a temp file past a size."""
+
+    __slots__ = ("_file", "_size", "_spool", "_spilled")
+
+    def __init__(self, spool_size: int) -> None:
+        self._file: IO[bytes] = io.BytesIO()
+        self._size = 0
+        self._spool = spool_size
+        self._spilled = False
+
+    def write(self, data: bytes) -> None:
+        self._size += len(data)
+        if not self._spilled and self._size > self._spool:
+            spill = tempfile.TemporaryFile(prefix="wsgiplus-body-")
+            spill.write(self._file.getvalue())
+            self._file = spill
+            self._spilled = True
+        self._file.write(data)
+
+    @property
+    def size(self) -> int:
+        return self._size
+
+    def stream(self) -> IO[bytes]:
+        """The finished body as a readable file positioned at its start."""
+        self._file.seek(0)
+        return self._file
+
+
+class FileWrapper:
+    """``wsgi.file_wrapper``: iterate a file in blocks, close it when done."""
+
+    def __init__(self, filelike: Any, blksize: int = 65536) -> None:
+        self.filelike = filelike
+        self.blksize = blksize
+        if hasattr(filelike, "close"):
+            self.close = filelike.close
+
+    def __iter__(self) -> Iterator[bytes]:
+        read = self.filelike.read
+        size = self.blksize
+        while True:
+            data = read(size)
+            if not data:
+                return
+            yield data
+
+
+class ErrorStream:
+    """``wsgi.errors``: text to the server's stderr, flushed per write."""
+
+    def write(self, text: str) -> int:
+        n = sys.stderr.write(text)
+        sys.stderr.flush()
+        return n
+
+    def writelines(self, lines: list[str]) -> None:
+        for line in lines:
+            self.write(line)
+
+    def flush(self) -> None:
+        sys.stderr.flush()
+
+
+_ERRORS = ErrorStream()
+_EMPTY = b""
+
+_header_keys: dict[bytes, str | None] = {}
+
+
+def _environ_key(name: bytes) -> str | None:
+    """CGI key for a header name; None drops it (underscores could spoof dashes)."""
+    key = _header_keys.get(name)
+    if key is None and name not in _header_keys:
+        if b"_" in name:
+            key = None
+        else:
+            key = "HTTP_" + name.decode("latin-1").upper().replace("-", "_")
+            if key == "HTTP_CONTENT_TYPE":
+                key = "CONTENT_TYPE"
+            elif key == "HTTP_CONTENT_LENGTH":
+                key = "CONTENT_LENGTH"
+        if len(_header_keys) < 4096:
+            _header_keys[name] = key
+    return key
+
+
+def environ_template(
+    server_name: str,
+    server_port: str,
+    url_scheme: str,
+    root_path: str,
+    multiprocess: bool,
+) -> dict[str, Any]:
+    """Keys that are the same for every request on one listener."""
+    return {
+        "SERVER_NAME": server_name,
+        "SERVER_PORT": server_port,
+        "SCRIPT_NAME": root_path,
+        "wsgi.version": (1, 0),
+        "wsgi.url_scheme": url_scheme,
+        "wsgi.errors": _ERRORS,
+        "wsgi.multithread": True,
+        "wsgi.multiprocess": multiprocess,
+        "wsgi.run_once": False,
+        "wsgi.file_wrapper": FileWrapper,
+        "wsgi.input_terminated": True,
+        "wsgiplus.version": WSGIPLUS_VERSION,
+    }
+
+
+def build_environ(
+    template: dict[str, Any],
+    request: Request,
+    body: IO[bytes] | None,
+    remote: tuple[str, int] | None,
+) -> dict[str, Any]:
+    """The PEP 3333 environ for one request."""
+    environ = template.copy()
+    path = request.path
+    if b"%" in path:
+        path = unquote_to_bytes(path)
+    path_info = path.decode("latin-1")
+    root = environ["SCRIPT_NAME"]
+    if root and (path_info == root or path_info.startswith(root + "/")):
+        path_info = path_info[len(root) :]
+    environ["REQUEST_METHOD"] = request.method
+    environ["PATH_INFO"] = path_info
+    environ["QUERY_STRING"] = request.query.decode("latin-1")
+    environ["RAW_URI"] = environ["REQUEST_URI"] = request.target.decode("latin-1")
+    environ["SERVER_PROTOCOL"] = "HTTP/" + request.http_version
+    if remote:
+        environ["REMOTE_ADDR"] = remote[0]
+        environ["REMOTE_PORT"] = str(remote[1])
+    else:
+        environ["REMOTE_ADDR"] = ""
+    environ["wsgi.input"] = body if body is not None else io.BytesIO(_EMPTY)
+    for name, value in request.headers:
+        key = _environ_key(name)
+        if key is None:
+            continue
+        text = value.decode("latin-1")
+        if key in environ:
+            if key in ("CONTENT_TYPE", "CONTENT_LENGTH"):
+                continue
+            text = environ[key] + ("; " if key == "HTTP_COOKIE" else ",") + text
+        environ[key] = text
+    if request.chunked:
+        environ.pop("HTTP_TRANSFER_ENCODING", None)
+        if body is not None:
+            environ["CONTENT_LENGTH"] = str(body.seek(0, 2))
+            body.seek(0)
+    return environ
