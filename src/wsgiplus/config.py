@@ -43,13 +43,29 @@ class Config:
     write_buffer_high: int = 256 * 1024
     write_buffer_low: int = 64 * 1024
     max_connections: int | None = None
-    # identity
+    max_suspended: int | None = None  # per worker; beyond it a suspending request gets 503
+    suspend_timeout: float | None = None  # one suspension; 504 if the head is not sent yet
+    blocking_warn: float | None = 30.0  # warn, with the stack, when one app step runs this long
+    # identity, TLS, proxies
     server_header: bool = True
     url_scheme: str = "http"
+    certfile: str | None = None
+    keyfile: str | None = None
+    keyfile_password: str | None = None
+    proxy_headers: bool = False  # trust X-Forwarded-* / Forwarded ...
+    forwarded_allow_ips: list[str] = field(default_factory=lambda: ["127.0.0.1", "::1"])  # ... from these
+    # processes
     workers: int = 1
+    max_requests: int = 0  # recycle a worker after this many requests (0: never)
+    max_requests_jitter: int = 0
+    reload: bool = False
     # logging
     log_level: str = "info"
     access_log: bool = True
+    access_log_format: str | None = None  # gunicorn atoms; None: the default line
+    access_logfile: str | None = None  # "-" or None: stdout
+    error_logfile: str | None = None  # None: stderr
+    log_json: bool = False
 
     @property
     def limits(self) -> Limits:
