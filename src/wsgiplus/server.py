@@ -317,6 +317,7 @@ class Server:
         self.sockets: list[socket.socket] = []
         self._servers: list[asyncio.AbstractServer] = []
         self._stopping: asyncio.Event | None = None
+        self._unix_paths: list[str] = []
         self._idle_waiter: asyncio.Future | None = None
         self.started = False
         self.access_logger = logging.getLogger("wsgiplus.access")
@@ -337,7 +338,10 @@ class Server:
         self._stopping = asyncio.Event()
         config = self.config
         self.pool = ThreadPool(config.threads)
-        self.sockets = sockets if sockets is not None else self.make_sockets()
+        if sockets is None:  # ours to make, so ours to unlink at the end
+            sockets = self.make_sockets()
+            self._unix_paths = [s.getsockname() for s in sockets if s.family == socket.AF_UNIX]
+        self.sockets = sockets
         multiprocess = config.workers > 1
         for sock in self.sockets:
             template = self._template(sock, multiprocess)
@@ -420,12 +424,11 @@ class Server:
                 pass
         # let iterables closed because of the abort finish their close() on the pool
         await self.loop.run_in_executor(None, self.pool.shutdown, 5.0)
-        for sock in self.sockets:
-            if sock.family == socket.AF_UNIX:
-                try:
-                    os.unlink(sock.getsockname())
-                except OSError:
-                    pass
+        for path in self._unix_paths:
+            try:
+                os.unlink(path)
+            except OSError:
+                pass
 
     async def serve(self, sockets: list[socket.socket] | None = None) -> None:
         """Start, serve until ``request_stop()`` (or SIGTERM/SIGINT), then shut down."""
