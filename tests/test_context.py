@@ -60,3 +60,39 @@ def test_context_is_fresh_per_request_on_the_same_thread(serve: Any) -> None:
 
     server = serve(app, threads=1)
     assert get_many(server.port, ["/?a", "/?b", "/?c"]) == [(200, b"unset")] * 3
+
+
+def test_thread_affinity_resumes_on_the_starting_thread(serve: Any) -> None:
+    """An object bound to its creating thread (a sqlite3 connection) survives a suspension."""
+    import sqlite3
+
+    n = 40
+    lock = threading.Lock()
+    futures: list[Future] = []
+    all_in = threading.Event()
+
+    def app(environ: dict, start_response: Any) -> Any:
+        db = sqlite3.connect(":memory:")  # check_same_thread=True: other threads may not use it
+        db.execute("create table t (x)")
+        started_on = threading.get_ident()
+        fut: Future = Future()
+        with lock:
+            futures.append(fut)
+            if len(futures) == n:
+                all_in.set()
+        yield fut
+        db.execute("insert into t values (1)")  # raises ProgrammingError on another thread
+        same = threading.get_ident() == started_on
+        db.close()
+        start_response("200 OK", [])
+        yield b"same" if same else b"moved"
+
+    def release() -> None:
+        all_in.wait(60)
+        with lock:
+            for fut in reversed(futures):
+                fut.set_result(None)
+
+    threading.Thread(target=release, daemon=True).start()
+    server = serve(app, threads=4, thread_affinity=True)
+    assert get_many(server.port, ["/"] * n, timeout=60) == [(200, b"same")] * n

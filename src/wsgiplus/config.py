@@ -24,6 +24,7 @@ class Config:
     bind: list[str] = field(default_factory=lambda: ["127.0.0.1:8000"])
     fds: list[int] = field(default_factory=list)  # inherited listening sockets
     threads: int = 8
+    thread_affinity: bool = False  # resume a request on the thread that started it
     root_path: str = ""  # SCRIPT_NAME
     loop: str = "auto"  # auto | asyncio | uvloop
     backlog: int = 2048

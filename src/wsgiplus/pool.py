@@ -21,14 +21,25 @@ log = logging.getLogger("wsgiplus.error")
 __all__ = ["ThreadPool"]
 
 
-class ThreadPool:
-    """A fixed set of threads that run submitted callables in order of arrival."""
+_local = threading.local()  # which pool thread this is: for affinity, not request state
 
-    def __init__(self, threads: int, name: str = "wsgiplus") -> None:
+
+class ThreadPool:
+    """A fixed set of threads that run submitted callables in order of arrival.
+
+    With ``affinity`` every thread has its own queue: ``submit_to(index, ...)``
+    runs a job on one given thread (a request resuming where it started), and
+    ``submit`` picks the least loaded thread. The price is head-of-line waiting:
+    a job waits for its thread even when others are idle.
+    """
+
+    def __init__(self, threads: int, name: str = "wsgiplus", affinity: bool = False) -> None:
         if threads < 1:
             raise ValueError("a pool needs at least one thread")
         self.size = threads
+        self.affinity = affinity
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
+        self._queues = [queue.SimpleQueue() for _ in range(threads)] if affinity else []
         # per thread: monotonic start of the job it runs, or 0.0 when idle
         self._started: list[float] = [0.0] * threads
         self._threads = [
@@ -39,7 +50,24 @@ class ThreadPool:
             t.start()
 
     def submit(self, fn: Callable[..., Any], *args: Any) -> None:
-        self._queue.put((fn, args))
+        if self.affinity:
+            started = self._started
+            best = min(range(self.size), key=lambda i: self._queues[i].qsize() + (started[i] > 0))
+            self._queues[best].put((fn, args))
+        else:
+            self._queue.put((fn, args))
+
+    def submit_to(self, index: int | None, fn: Callable[..., Any], *args: Any) -> None:
+        """Run on thread ``index`` when the pool keeps affinity, else on any thread."""
+        if self.affinity and index is not None:
+            self._queues[index].put((fn, args))
+        else:
+            self.submit(fn, *args)
+
+    @staticmethod
+    def current_index() -> int | None:
+        """The index of the pool thread running the caller, None outside the pool."""
+        return getattr(_local, "index", None)
 
     def busy(self) -> int:
         """How many threads are inside a job right now."""
@@ -53,7 +81,8 @@ class ThreadPool:
                 yield thread, now - started
 
     def _work(self, index: int) -> None:
-        get = self._queue.get
+        _local.index = index
+        get = (self._queues[index] if self.affinity else self._queue).get
         started = self._started
         monotonic = time.monotonic
         while True:
@@ -70,8 +99,8 @@ class ThreadPool:
 
     def shutdown(self, timeout: float | None = None) -> None:
         """Finish queued jobs, then stop the threads (wait up to ``timeout``)."""
-        for _ in self._threads:
-            self._queue.put(None)
+        for i in range(self.size):
+            (self._queues[i] if self.affinity else self._queue).put(None)
         deadline = None if timeout is None else time.monotonic() + timeout
         for t in self._threads:
             if t is threading.current_thread():

@@ -24,6 +24,7 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Any, Protocol
 
+from .pool import ThreadPool
 from .protocol import ResponseFramer, build_response, error_response
 from .wsgi import check_headers, check_status
 
@@ -69,7 +70,7 @@ class Runner:
         environ: dict[str, Any],
         sink: Sink,
         loop: asyncio.AbstractEventLoop,
-        submit: Callable[..., None],
+        pool: ThreadPool,
         on_finished: Callable[[Runner, bool, bool], None],
         *,
         method: str,
@@ -82,7 +83,9 @@ class Runner:
         self.environ = environ
         self.sink = sink
         self.loop = loop
-        self._submit = submit
+        self._pool = pool
+        self._affinity = pool.affinity
+        self._home: int | None = None  # the thread that started it, with affinity
         self._on_finished = on_finished
         self._post = loop.call_soon_threadsafe
         self.method = method
@@ -118,6 +121,9 @@ class Runner:
         environ["wsgi.pause_output"] = environ["wsgiplus.pause_output"] = self.pause_output
 
     # -- loop thread -------------------------------------------------------
+
+    def _submit(self, fn: Callable[..., None], *args: Any) -> None:
+        self._pool.submit_to(self._home, fn, *args)
 
     def start(self) -> None:
         self.state = _RUNNING
@@ -283,6 +289,8 @@ class Runner:
     # -- pool threads -------------------------------------------------------
 
     def _run(self) -> None:
+        if self._home is None and self._affinity:
+            self._home = self._pool.current_index()
         outcome, arg = self.context.run(self._step)
         self._post(self._after_step, outcome, arg)
 

@@ -170,7 +170,7 @@ class HTTPConnection(asyncio.Protocol):
             environ,
             self,
             self.loop,
-            server.pool.submit,
+            server.pool,
             self._on_response_done,
             method=request.method,
             http_version=request.http_version,
@@ -337,7 +337,7 @@ class Server:
         self.loop = asyncio.get_running_loop()
         self._stopping = asyncio.Event()
         config = self.config
-        self.pool = ThreadPool(config.threads)
+        self.pool = ThreadPool(config.threads, affinity=config.thread_affinity)
         if sockets is None:  # ours to make, so ours to unlink at the end
             sockets = self.make_sockets()
             self._unix_paths = [s.getsockname() for s in sockets if s.family == socket.AF_UNIX]
