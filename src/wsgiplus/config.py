@@ -59,7 +59,8 @@ class Config:
     workers: int = 1
     max_requests: int = 0  # recycle a worker after this many requests (0: never)
     max_requests_jitter: int = 0
-    reload: bool = False
+    reload: bool = False  # development: restart the worker when a .py file changes
+    reload_dirs: list[str] = field(default_factory=list)  # watched for --reload (default: cwd)
     # logging
     log_level: str = "info"
     access_log: bool = True
@@ -79,6 +80,35 @@ class Config:
 
     def replace(self, **changes: Any) -> Config:
         return dataclasses.replace(self, **changes)
+
+    def validate(self) -> Config:
+        """Refuse settings that cannot work, naming the setting; returns self."""
+        from .accesslog import resolve_format
+        from .proxy import TrustedPeers
+
+        if self.threads < 1:
+            raise ValueError(f"threads must be at least 1, not {self.threads}")
+        if self.workers < 1:
+            raise ValueError(f"workers must be at least 1, not {self.workers}")
+        for name in ("max_requests", "max_requests_jitter", "backlog"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must not be negative")
+        for name in ("keepalive_timeout", "header_timeout", "body_timeout", "graceful_timeout"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must not be negative")
+        if self.loop not in ("auto", "asyncio", "uvloop"):
+            raise ValueError(f"loop must be auto, asyncio or uvloop, not {self.loop!r}")
+        if self.log_level.lower() not in ("critical", "error", "warning", "info", "debug"):
+            raise ValueError(f"log_level must be critical, error, warning, info or debug, not {self.log_level!r}")
+        if self.url_scheme not in ("http", "https"):
+            raise ValueError(f"url_scheme must be http or https, not {self.url_scheme!r}")
+        if self.keyfile and not self.certfile:
+            raise ValueError("keyfile given without certfile")
+        TrustedPeers(self.forwarded_allow_ips)
+        resolve_format(self.access_log_format)
+        if not self.bind and not self.fds:
+            raise ValueError("nothing to listen on: give bind or fds")
+        return self
 
     @classmethod
     def field_names(cls) -> set[str]:

@@ -1,0 +1,234 @@
+"""Access log lines in gunicorn's format language, or as JSON.
+
+Users moving from gunicorn keep their ``access_log_format``: the same atoms
+(``%(h)s %(l)s %(u)s %(t)s "%(r)s" %(s)s %(b)s "%(f)s" "%(a)s"``, ``%(D)s``,
+``%({x-request-id}i)s`` ...) mean the same thing. Atoms are computed only when
+the format asks for them, so a short format costs little per request.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import logging
+import os
+import time
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+__all__ = ["AccessLogger", "Atoms", "FORMATS", "resolve_format"]
+
+COMMON = '%(h)s %(l)s %(u)s %(t)s "%(r)s" %(s)s %(b)s'
+COMBINED = COMMON + ' "%(f)s" "%(a)s"'
+FORMATS = {"common": COMMON, "combined": COMBINED}
+DEFAULT_FORMAT = COMBINED  # gunicorn's default
+
+
+def resolve_format(fmt: str | None) -> str:
+    """A preset name (``common``, ``combined``) or a format string; checked now, not per request."""
+    fmt = FORMATS.get(fmt or "combined", fmt) or DEFAULT_FORMAT
+    try:
+        fmt % _Probe()
+    except (TypeError, ValueError, KeyError) as exc:
+        raise ValueError(f"bad access log format {fmt!r}: {exc}") from None
+    return fmt
+
+
+class _AnyAtom(int):
+    """Formats as ``%s``, ``%d`` or ``%f`` alike."""
+
+    def __str__(self) -> str:
+        return "-"
+
+
+class _Probe(Mapping[str, Any]):
+    """Accepts any atom name: validates a format string without a request."""
+
+    def __getitem__(self, key: str) -> Any:
+        return _AnyAtom(0)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(())
+
+    def __len__(self) -> int:
+        return 0
+
+
+class Atoms(Mapping[str, Any]):
+    """The atoms of one finished request, computed on first use; unknown atoms are ``-``."""
+
+    def __init__(self, runner: Any, now: float | None = None) -> None:
+        self.runner = runner
+        self.environ: dict[str, Any] = runner.environ
+        self.duration = max(0.0, (now if now is not None else time.monotonic()) - runner.started_at)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(("h", "l", "u", "t", "r", "s", "m", "U", "q", "H", "b", "B", "f", "a",
+                     "T", "D", "M", "L", "p"))
+
+    def __len__(self) -> int:
+        return 19
+
+    def __getitem__(self, key: str) -> Any:
+        try:
+            value = self._atom(key)
+        except Exception:  # a log line must never break a request
+            value = None
+        return "-" if value is None or value == "" else value
+
+    def _atom(self, key: str) -> Any:
+        env = self.environ
+        if key.startswith("{") and len(key) > 3 and key[-2] == "}":
+            name, kind = key[1:-2], key[-1]
+            if kind == "i":
+                return request_header(env, name)
+            if kind == "o":
+                return self.response_header(name)
+            if kind == "e":
+                return _environ_value(env, name)
+            return None
+        if key == "h":
+            return env.get("REMOTE_ADDR")
+        if key == "l":
+            return "-"
+        if key == "u":
+            return basic_auth_user(env) or env.get("REMOTE_USER")
+        if key == "t":
+            return time.strftime("[%d/%b/%Y:%H:%M:%S %z]")
+        if key == "r":
+            return f"{self.method} {env.get('RAW_URI', '')} {env.get('SERVER_PROTOCOL', '')}"
+        if key == "s":
+            return self.status
+        if key == "m":
+            return self.method
+        if key == "U":
+            return env.get("PATH_INFO")
+        if key == "q":
+            return env.get("QUERY_STRING")
+        if key == "H":
+            return env.get("SERVER_PROTOCOL")
+        if key == "b":
+            return str(self.sent)
+        if key == "B":
+            return self.sent
+        if key == "f":
+            return env.get("HTTP_REFERER")
+        if key == "a":
+            return env.get("HTTP_USER_AGENT")
+        d = self.duration
+        if key == "T":
+            return int(d)
+        if key == "D":
+            return int(d * 1_000_000)
+        if key == "M":
+            return int(d * 1000)
+        if key == "L":
+            return f"{d:.6f}"
+        if key == "p":
+            return f"<{os.getpid()}>"
+        return None
+
+    @property
+    def method(self) -> str:
+        return getattr(self.runner, "method", None) or self.environ.get("REQUEST_METHOD", "-")
+
+    @property
+    def status(self) -> str | None:
+        framer = getattr(self.runner, "framer", None)
+        if framer is not None:
+            return str(framer.status_code)
+        status = getattr(self.runner, "status", None)
+        return status[:3] if status else None
+
+    @property
+    def sent(self) -> int:
+        framer = getattr(self.runner, "framer", None)
+        return framer.sent if framer is not None else 0
+
+    def response_header(self, name: str) -> str | None:
+        name = name.lower()
+        values = [v for k, v in (getattr(self.runner, "headers", None) or []) if k.lower() == name]
+        return ", ".join(values) if values else None
+
+    def as_json(self) -> dict[str, Any]:
+        env = self.environ
+        status = self.status
+        return {
+            "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "remote_addr": env.get("REMOTE_ADDR") or None,
+            "user": self["u"] if self["u"] != "-" else None,
+            "method": self.method,
+            "path": env.get("RAW_URI"),
+            "protocol": env.get("SERVER_PROTOCOL"),
+            "status": int(status) if status and status.isdigit() else None,
+            "bytes": self.sent,
+            "duration_ms": round(self.duration * 1000, 3),
+            "referer": env.get("HTTP_REFERER"),
+            "user_agent": env.get("HTTP_USER_AGENT"),
+            "pid": os.getpid(),
+        }
+
+
+def request_header(environ: Mapping[str, Any], name: str) -> str | None:
+    key = name.upper().replace("-", "_")
+    if key in ("CONTENT_TYPE", "CONTENT_LENGTH"):
+        return environ.get(key)
+    return environ.get("HTTP_" + key)
+
+
+def _environ_value(environ: Mapping[str, Any], name: str) -> Any:
+    if name in environ:
+        return environ[name]
+    lower = name.lower()
+    for key, value in environ.items():
+        if key.lower() == lower:
+            return value
+    return None
+
+
+def basic_auth_user(environ: Mapping[str, Any]) -> str | None:
+    auth = environ.get("HTTP_AUTHORIZATION", "")
+    if not auth[:6].lower() == "basic ":
+        return None
+    try:
+        decoded = base64.b64decode(auth[6:].strip(), validate=True).decode("utf-8")
+    except (binascii.Error, UnicodeDecodeError):
+        return None
+    return decoded.split(":", 1)[0] or None
+
+
+class AccessLogger:
+    """Writes one line per finished request to the ``wsgiplus.access`` logger.
+
+    Where the lines go (stdout, a file) is the logger's handlers' business;
+    ``logconfig.setup_logging`` sets them from the config.
+    """
+
+    def __init__(self, fmt: str | None = None, json_lines: bool = False,
+                 logger: logging.Logger | None = None) -> None:
+        self.format = resolve_format(fmt)
+        self.json = json_lines
+        self.logger = logger or logging.getLogger("wsgiplus.access")
+
+    @classmethod
+    def from_config(cls, config: Any) -> AccessLogger | None:
+        """None when the access log is off (``access_log=False``)."""
+        if not getattr(config, "access_log", True):
+            return None
+        return cls(config.access_log_format, bool(getattr(config, "log_json", False)))
+
+    def line(self, runner: Any) -> str:
+        atoms = Atoms(runner)
+        if self.json:
+            return json.dumps(atoms.as_json(), separators=(",", ":"))
+        return self.format % atoms
+
+    def log(self, runner: Any, conn: Any = None) -> None:
+        """One finished request (``runner`` is a ``wsgiplus.runner.Runner``)."""
+        if not self.logger.isEnabledFor(logging.INFO):
+            return
+        try:
+            self.logger.info(self.line(runner))
+        except Exception:
+            logging.getLogger("wsgiplus.error").exception("access log failed")
