@@ -46,6 +46,24 @@ _PENDING, _RUNNING, _SUSPENDED, _DRAINING, _PAUSED, _CLOSING, _FINISHED = range(
 
 OUTBOX_HIGH_WATER = 256 * 1024
 
+# why a request was stopped early, and what the client gets if its head is not sent yet
+_STOP_STATUS = {
+    "deadline": (504, "the request ran past its deadline"),
+    "suspend_timeout": (504, "a suspension ran past its timeout"),
+    "overload": (503, "too many suspended requests"),
+}
+
+
+class Suspensions:
+    """Counts suspended requests (loop thread only) against an optional limit."""
+
+    __slots__ = ("count", "limit", "timeout")
+
+    def __init__(self, limit: int | None = None, timeout: float | None = None) -> None:
+        self.count = 0
+        self.limit = limit
+        self.timeout = timeout  # per suspension, seconds
+
 
 class Sink(Protocol):
     """What a runner needs from its connection (all called on the loop thread)."""
@@ -78,6 +96,7 @@ class Runner:
         keep_alive: bool,
         server_header: bytes | None = b"wsgiplus",
         timeout: float | None = None,
+        suspensions: Suspensions | None = None,
     ) -> None:
         self.app = app
         self.environ = environ
@@ -93,6 +112,8 @@ class Runner:
         self.keep_alive = keep_alive
         self.server_header = server_header
         self.timeout = timeout
+        self.suspensions = suspensions or Suspensions()
+        self._suspend_timer: asyncio.TimerHandle | None = None
         self.context = contextvars.Context()
         self.state = _PENDING
         self.started_at = 0.0
@@ -135,11 +156,19 @@ class Runner:
     def _after_step(self, outcome: int, arg: Any) -> None:
         self._flush()
         if outcome == _SUSPEND:
+            gate = self.suspensions
+            if not self._stop_reason and gate.limit is not None and gate.count >= gate.limit:
+                log.warning("%d requests already suspended: refusing %s %s", gate.count,
+                            self.method, self.environ.get("PATH_INFO"))
+                self._stop_reason = "overload"
             if self._stop_reason:
                 self._cancel_future(arg)
                 self._close_then(self._stop_reason)
                 return
             self.state = _SUSPENDED
+            gate.count += 1
+            if gate.timeout:
+                self._suspend_timer = self.loop.call_later(gate.timeout, self._on_suspend_timeout)
             self._watch(arg)
         elif outcome == _DRAIN:
             if self._stop_reason:
@@ -187,8 +216,21 @@ class Runner:
         if self.state != _SUSPENDED or self._future is not fut:
             return
         self._future = None
+        self._leave_suspension()
         self.state = _RUNNING
         self._submit(self._run)
+
+    def _leave_suspension(self) -> None:
+        self.suspensions.count -= 1
+        if self._suspend_timer is not None:
+            self._suspend_timer.cancel()
+            self._suspend_timer = None
+
+    def _on_suspend_timeout(self) -> None:
+        self._suspend_timer = None
+        log.warning("suspend timeout: %s %s waited on a future past %.3gs", self.method,
+                    self.environ.get("PATH_INFO"), self.suspensions.timeout)
+        self._stop("suspend_timeout")
 
     def on_drain(self) -> None:
         """The connection's write buffer went below its low-water mark."""
@@ -228,6 +270,8 @@ class Runner:
             self.state = _FINISHED  # the app was never called
             return
         self._stop_reason = reason  # a running step sees it at its next item
+        if self.state == _SUSPENDED:
+            self._leave_suspension()
         if self.state in (_SUSPENDED, _DRAINING, _PAUSED):
             self._cancel_future(self._future)
             self._future = None
@@ -239,12 +283,11 @@ class Runner:
 
     def _stopped(self, reason: str) -> None:
         self._flush()
-        if reason == "deadline" and not self.sink.disconnected:
-            if not self.head_sent:
-                self.sink.write(error_response(504, "the request ran past its deadline"))
-                self._finish(False, False)
-            else:
-                self._finish(False, True)
+        answer = _STOP_STATUS.get(reason)
+        if answer is not None and not self.head_sent and not self.sink.disconnected:
+            self.status = f"{answer[0]} {answer[1]}"
+            self.sink.write(error_response(*answer))
+            self._finish(False, False)
         else:
             self._finish(False, True)
 

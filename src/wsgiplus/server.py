@@ -14,7 +14,9 @@ import os
 import signal
 import socket
 import sys
+import ssl
 import time
+import traceback
 from collections import deque
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -23,7 +25,7 @@ from .config import Config
 from .listeners import bind_socket, describe, socket_from_fd
 from .pool import ThreadPool
 from .protocol import Data, EndOfMessage, ProtocolError, Request, RequestParser, error_response
-from .runner import Runner
+from .runner import Runner, Suspensions
 from .wsgi import BodyBuffer, build_environ, environ_template
 
 log = logging.getLogger("wsgiplus.error")
@@ -82,7 +84,13 @@ class HTTPConnection(asyncio.Protocol):
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             except OSError:
                 pass
-        self.server.connections.add(self)
+        server = self.server
+        server.connections.add(self)
+        limit = config.max_connections
+        if limit is not None and len(server.connections) > limit:
+            log.warning("%d connections open (max_connections): answering 503", limit)
+            self._send_error(ProtocolError(503, "too many connections"))
+            return
         self._set_timer(config.header_timeout, self._on_header_timeout)
 
     def data_received(self, data: bytes) -> None:
@@ -165,6 +173,8 @@ class HTTPConnection(asyncio.Protocol):
         )
         environ["wsgiplus.client_disconnected"] = self.is_disconnected
         server = self.server
+        if server.proxy_fixer is not None:
+            server.proxy_fixer(environ)
         runner = Runner(
             server.app,
             environ,
@@ -177,6 +187,7 @@ class HTTPConnection(asyncio.Protocol):
             keep_alive=keep_alive,
             server_header=server.server_header,
             timeout=self.config.request_timeout,
+            suspensions=server.suspensions,
         )
         ex.runner = runner
         server.active += 1
@@ -289,6 +300,30 @@ class HTTPConnection(asyncio.Protocol):
                 self._send_error(ProtocolError(408, "request body not received in time"))
 
 
+def _ssl_context(config: Config) -> ssl.SSLContext | None:
+    if not config.certfile:
+        return None
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(config.certfile, config.keyfile, config.keyfile_password)
+    ctx.set_alpn_protocols(["http/1.1"])
+    return ctx
+
+
+def _proxy_fixer(config: Config) -> Callable[[dict[str, Any]], None] | None:
+    if not config.proxy_headers:
+        return None
+    from .proxy import make_proxy_fixer
+
+    return make_proxy_fixer(config)
+
+
+def _access_logger(config: Config) -> Callable[[Runner, HTTPConnection], None] | None:
+    from .accesslog import AccessLogger
+
+    logger = AccessLogger.from_config(config)
+    return logger.log if logger is not None else None
+
+
 def new_event_loop(kind: str = "auto") -> asyncio.AbstractEventLoop:
     """uvloop when it is installed (and asked for or ``auto``), else asyncio's own."""
     if kind in ("auto", "uvloop"):
@@ -320,7 +355,11 @@ class Server:
         self._unix_paths: list[str] = []
         self._idle_waiter: asyncio.Future | None = None
         self.started = False
-        self.access_logger = logging.getLogger("wsgiplus.access")
+        self.suspensions = Suspensions(self.config.max_suspended, self.config.suspend_timeout)
+        self.proxy_fixer = _proxy_fixer(self.config)
+        self.access_log = _access_logger(self.config)
+        self._watchdog: asyncio.TimerHandle | None = None
+        self._warned: set[tuple[int, float]] = set()
 
     @property
     def addresses(self) -> list[str]:
@@ -343,48 +382,59 @@ class Server:
             self._unix_paths = [s.getsockname() for s in sockets if s.family == socket.AF_UNIX]
         self.sockets = sockets
         multiprocess = config.workers > 1
+        tls = _ssl_context(config)
         for sock in self.sockets:
-            template = self._template(sock, multiprocess)
+            template = self._template(sock, multiprocess, tls is not None)
 
             def factory(template: dict[str, Any] = template) -> HTTPConnection:
                 return HTTPConnection(self, template)
 
             if sock.family == socket.AF_UNIX:
-                srv = await self.loop.create_unix_server(factory, sock=sock, backlog=config.backlog)
+                srv = await self.loop.create_unix_server(factory, sock=sock, backlog=config.backlog, ssl=tls)
             else:
-                srv = await self.loop.create_server(factory, sock=sock, backlog=config.backlog)
+                srv = await self.loop.create_server(factory, sock=sock, backlog=config.backlog, ssl=tls)
             self._servers.append(srv)
         self.started = True
+        if config.blocking_warn:
+            self._watchdog = self.loop.call_later(min(1.0, config.blocking_warn / 2), self._watch_pool)
         for addr in self.addresses:
             log.info("WSGI+ listening on %s (%d threads, pid %d)", addr, config.threads, os.getpid())
 
-    def _template(self, sock: socket.socket, multiprocess: bool) -> dict[str, Any]:
+    def _template(self, sock: socket.socket, multiprocess: bool, tls: bool) -> dict[str, Any]:
         name = sock.getsockname()
         if isinstance(name, tuple):
             host, port = str(name[0]), str(name[1])
         else:
             host, port = "localhost", ""
-        return environ_template(host, port, self.config.url_scheme, self.config.root_path, multiprocess)
+        scheme = "https" if tls else self.config.url_scheme
+        return environ_template(host, port, scheme, self.config.root_path, multiprocess)
 
     def access(self, conn: HTTPConnection, runner: Runner) -> None:
-        """Hook for the access log (one line per finished request)."""
-        logger = self.access_logger
-        if not self.config.access_log or not logger.isEnabledFor(logging.INFO):
-            return
-        env = runner.environ
-        framer = runner.framer
-        status = framer.status_code if framer else (runner.status or "-")[:3]
-        sent = framer.sent if framer else 0
-        logger.info(
-            '%s - "%s %s %s" %s %d %.1fms',
-            env.get("REMOTE_ADDR") or "-",
-            runner.method,
-            env.get("RAW_URI", ""),
-            env.get("SERVER_PROTOCOL", ""),
-            status,
-            sent,
-            (time.monotonic() - runner.started_at) * 1000,
-        )
+        """Called once per finished request: the access log line."""
+        if self.access_log is not None:
+            self.access_log(runner, conn)
+
+    def _watch_pool(self) -> None:
+        """Warn, with its stack, about an app step that has held a thread too long.
+
+        A thread cannot be killed; the operator must still be told, as gunicorn's
+        WORKER TIMEOUT tells, and once per step is enough.
+        """
+        threshold = self.config.blocking_warn or 0.0
+        frames = sys._current_frames()
+        now = time.monotonic()
+        for thread, held in self.pool.long_running(threshold):
+            key = (thread.ident or 0, round(now - held, 1))
+            if key in self._warned:
+                continue
+            self._warned.add(key)
+            frame = frames.get(thread.ident or 0)
+            stack = "".join(traceback.format_stack(frame)) if frame is not None else "(no stack)"
+            log.warning("app step has held thread %s for %.1fs (blocking_warn %ss):\n%s",
+                        thread.name, held, threshold, stack)
+        if len(self._warned) > 1000:
+            self._warned.clear()
+        self._watchdog = self.loop.call_later(min(1.0, threshold / 2), self._watch_pool)
 
     def connection_closed(self, conn: HTTPConnection) -> None:
         if self._idle_waiter is not None and not self.connections and not self._idle_waiter.done():
@@ -405,6 +455,8 @@ class Server:
         timeout = self.config.graceful_timeout if timeout is None else timeout
         for srv in self._servers:
             srv.close()
+        if self._watchdog is not None:
+            self._watchdog.cancel()
         for conn in list(self.connections):
             conn.shutdown()
         if self.connections:
