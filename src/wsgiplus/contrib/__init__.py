@@ -1,0 +1,1 @@
+"""Framework adapters: what Flask and Django need for views that suspend on futures."""
