@@ -245,17 +245,3 @@ def make_proxy_fixer(config: Any) -> Callable[[dict[str, Any]], None] | None:
 
     return fix
 
-
-def proxy_app(app: Callable[..., Any], fixer: Callable[[dict[str, Any]], None]) -> Callable[..., Any]:
-    """Wrap ``app`` so the environ is fixed before the app sees it.
-
-    Returns the app's own iterable untouched, so suspension on futures and
-    ``close()`` work as without the wrapper.
-    """
-
-    def proxied(environ: dict[str, Any], start_response: Any) -> Any:
-        fixer(environ)
-        return app(environ, start_response)
-
-    proxied.__wrapped__ = app  # type: ignore[attr-defined]
-    return proxied

@@ -32,11 +32,9 @@ import traceback
 from collections.abc import Callable
 from typing import Any
 
-from .accesslog import AccessLogger
 from .config import Config
 from .importer import AppImportError, import_app
 from .listeners import bind_socket, describe, socket_from_fd
-from .proxy import make_proxy_fixer, proxy_app
 from .server import Server, new_event_loop
 
 log = logging.getLogger("wsgiplus.error")
@@ -53,7 +51,7 @@ MSG_REPLACE = b"Q"
 
 
 class WorkerServer(Server):
-    """``Server`` plus what a worker process adds: access log, proxy headers, request count.
+    """``Server`` that counts finished requests, so a worker can ask to be recycled.
 
     ``on_max_requests`` is called once, on the loop thread, when ``max_requests``
     requests have finished.
@@ -61,21 +59,40 @@ class WorkerServer(Server):
 
     def __init__(self, app: Callable[..., Any], config: Config, *, max_requests: int = 0,
                  on_max_requests: Callable[[], None] | None = None) -> None:
-        fixer = make_proxy_fixer(config)
-        super().__init__(proxy_app(app, fixer) if fixer else app, config)
-        self.access_log = AccessLogger.from_config(config)
+        super().__init__(app, config)
         self.max_requests = max_requests
         self.on_max_requests = on_max_requests
         self.requests_done = 0
 
     def access(self, conn: Any, runner: Any) -> None:
         self.requests_done += 1
-        if self.access_log is not None:
-            self.access_log.log(runner, conn)
+        super().access(conn, runner)
         if self.requests_done == self.max_requests and self.on_max_requests is not None:
             log.info("worker %d: served %d requests (max_requests); asking for a replacement",
                      os.getpid(), self.requests_done)
             self.on_max_requests()
+
+    async def shutdown(self, timeout: float | None = None) -> None:
+        """Stop accepting, then give connections accepted a moment ago time to deliver their
+        first request before the graceful close: closing them unanswered would lose a request
+        the client already sent (bounded by ``FIRST_REQUEST_GRACE`` and ``header_timeout``)."""
+        for srv in self._servers:
+            srv.close()
+        limit = min(FIRST_REQUEST_GRACE, self.config.header_timeout or FIRST_REQUEST_GRACE,
+                    self.config.graceful_timeout if timeout is None else timeout)
+        deadline = self.loop.time() + limit
+        while self.loop.time() < deadline and any(_awaiting_first_request(c) for c in self.connections):
+            await asyncio.sleep(0.01)
+        await super().shutdown(timeout)
+
+
+FIRST_REQUEST_GRACE = 2.0
+
+
+def _awaiting_first_request(conn: Any) -> bool:
+    if conn.disconnected or conn.closing or conn.requests:
+        return False
+    return not conn.queue or conn.queue[0].runner is None
 
 
 def load_app(config: Config) -> Callable[..., Any]:
