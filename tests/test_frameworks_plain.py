@@ -12,7 +12,6 @@ from pathlib import Path
 
 import httpx
 import pytest
-
 from apps.plain_flask import app as flask_app
 
 ROOT = Path(__file__).resolve().parent.parent

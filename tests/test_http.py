@@ -13,7 +13,6 @@ from typing import Any
 
 import httpx
 import pytest
-
 from conftest import dechunk, hello_app, raw_exchange, read_until_close, wait_for
 
 

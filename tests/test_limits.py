@@ -9,12 +9,10 @@ import subprocess
 import threading
 import time
 from concurrent.futures import Future
-from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-
 from conftest import get_many, hello_app, raw_exchange, read_until_close, wait_for
 
 

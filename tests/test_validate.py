@@ -8,7 +8,6 @@ from typing import Any
 from wsgiref.validate import validator
 
 import httpx
-
 from conftest import hello_app
 
 

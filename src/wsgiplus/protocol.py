@@ -137,6 +137,11 @@ END_OF_MESSAGE = EndOfMessage()
 Event = Request | Data | EndOfMessage
 
 
+# lengths of the field names the parser itself must look at:
+# host, expect, upgrade, content-length, transfer-encoding
+_SPECIAL_LENGTHS = frozenset({4, 6, 7, 14, 17})
+
+
 class RequestParser:
     """Turns received bytes into ``Request``, ``Data`` and ``EndOfMessage`` events.
 
@@ -221,6 +226,8 @@ class RequestParser:
         upgrade = None
         hosts = 0
         for name, value in self._headers:
+            if len(name) not in _SPECIAL_LENGTHS:
+                continue  # most fields: no need to lower-case them
             lname = name.lower()
             if lname == b"host":
                 hosts += 1
