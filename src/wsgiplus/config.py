@@ -106,8 +106,6 @@ class Config:
             raise ValueError("keyfile given without certfile")
         TrustedPeers(self.forwarded_allow_ips)
         resolve_format(self.access_log_format)
-        if not self.bind and not self.fds:
-            raise ValueError("nothing to listen on: give bind or fds")
         return self
 
     @classmethod

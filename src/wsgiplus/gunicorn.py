@@ -1,0 +1,195 @@
+"""A gunicorn worker class: ``gunicorn -k wsgiplus.gunicorn.Worker --threads 8 app:app``.
+
+gunicorn's arbiter keeps doing what it does (binding, forking, signals,
+``--max-requests``, ``--reload``, hooks, logging setup); each worker runs the
+WSGI+ engine on gunicorn's listening sockets, so apps that yield futures
+suspend without holding one of the ``--threads``.
+
+The heartbeat comes from an event-loop timer, not from a request finishing:
+a request suspended longer than ``--timeout`` does not get the worker killed
+(app code that *blocks* a thread is reported by WSGI+'s ``blocking_warn``).
+
+gunicorn settings used: bind (its sockets), threads, backlog, keepalive,
+graceful_timeout, max_requests (+ jitter), limit_request_line/fields/
+field_size (0 = unlimited), worker_connections (max open connections),
+forwarded_allow_ips (X-Forwarded-* and Forwarded are believed from these),
+certfile/keyfile, accesslog/access_log_format (lines go through gunicorn's
+own logger), loglevel/errorlog. WSGI+-only settings (max_suspended,
+suspend_timeout, header_timeout, ...) come from the TOML file named by the
+``WSGIPLUS_CONFIG`` environment variable, if set.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import logging
+import os
+import signal
+import sys
+import time
+from types import SimpleNamespace
+from typing import Any
+
+from gunicorn.workers import base
+
+from .config import Config
+from .server import new_event_loop
+from .supervisor import WorkerServer
+
+__all__ = ["Worker"]
+
+UNLIMITED = 1024 * 1024  # what gunicorn's 0 ("no limit") becomes for line and field sizes
+
+
+class GunicornServer(WorkerServer):
+    """The server inside a gunicorn worker: its access lines go to gunicorn's access log."""
+
+    def __init__(self, worker: Worker, config: Config) -> None:
+        max_requests = worker.max_requests if worker.cfg.max_requests > 0 else 0
+        super().__init__(worker.wsgi, config, max_requests=max_requests,
+                         on_max_requests=worker.max_requests_reached)
+        self.worker = worker
+
+    def access(self, conn: Any, runner: Any) -> None:
+        super().access(conn, runner)
+        self.worker.log_access(runner)
+
+
+def _request_headers(environ: dict[str, Any]) -> list[tuple[str, str]]:
+    headers = []
+    for key, value in environ.items():
+        if key.startswith("HTTP_"):
+            headers.append((key[5:].replace("_", "-"), value))
+        elif key in ("CONTENT_TYPE", "CONTENT_LENGTH"):
+            headers.append((key.replace("_", "-"), value))
+    return headers
+
+
+class Worker(base.Worker):
+    """gunicorn worker running the WSGI+ server on one event loop and a pool of ``--threads``."""
+
+    server: GunicornServer | None = None
+    quick = False
+
+    def init_signals(self) -> None:
+        # gunicorn's handlers would interrupt the loop; the loop installs its own in run()
+        for sig in self.SIGNALS:
+            signal.signal(sig, signal.SIG_DFL)
+        signal.signal(signal.SIGUSR1, self.handle_usr1)
+        signal.siginterrupt(signal.SIGUSR1, False)
+
+    def wsgiplus_config(self) -> Config:
+        """gunicorn's settings, in WSGI+ terms (on top of $WSGIPLUS_CONFIG, if given)."""
+        cfg = self.cfg
+        values: dict[str, Any] = {}
+        path = os.environ.get("WSGIPLUS_CONFIG")
+        if path:
+            from .configfile import load_file
+
+            values.update(load_file(path))
+        values.update(
+            app=None,
+            bind=[],
+            fds=[],
+            workers=cfg.workers,
+            threads=cfg.threads,
+            backlog=cfg.backlog,
+            keepalive_timeout=float(cfg.keepalive),
+            graceful_timeout=float(cfg.graceful_timeout),
+            max_request_line=cfg.limit_request_line or UNLIMITED,
+            max_header_count=cfg.limit_request_fields or 32768,
+            max_header_size=cfg.limit_request_field_size or UNLIMITED,
+            max_connections=cfg.worker_connections or None,
+            proxy_headers=True,
+            forwarded_allow_ips=list(cfg.forwarded_allow_ips),
+            certfile=cfg.certfile if cfg.is_ssl else None,
+            keyfile=cfg.keyfile if cfg.is_ssl else None,
+            access_log=False,  # gunicorn's access log writes the lines (see log_access)
+            max_requests=0,  # gunicorn's arbiter recycles; see max_requests_reached
+            reload=False,
+            log_level=str(cfg.loglevel).lower(),
+        )
+        return Config(**values).validate()
+
+    def _route_logs(self) -> None:
+        """WSGI+'s error log goes wherever gunicorn's error log goes."""
+        error_log = getattr(self.log, "error_log", None)
+        if error_log is None:
+            return
+        ours = logging.getLogger("wsgiplus.error")
+        ours.handlers = list(error_log.handlers)
+        ours.setLevel(error_log.level)
+        ours.propagate = False
+
+    def log_access(self, runner: Any) -> None:
+        if not getattr(self.log, "access_log_enabled", True):
+            return
+        environ = runner.environ
+        framer = runner.framer
+        status = runner.status or (str(framer.status_code) if framer is not None else "-")
+        resp = SimpleNamespace(status=status, headers=list(runner.headers or []),
+                               sent=framer.sent if framer is not None else 0)
+        req = SimpleNamespace(headers=_request_headers(environ))
+        request_time = datetime.timedelta(seconds=max(0.0, time.monotonic() - runner.started_at))
+        try:
+            self.log.access(resp, req, environ, request_time)
+        except Exception:
+            self.log.exception("access log failed")
+
+    def max_requests_reached(self) -> None:
+        self.log.info("Autorestarting worker after current request.")
+        self.alive = False
+        if self.server is not None:
+            self.server.request_stop()
+
+    def run(self) -> None:
+        self._route_logs()
+        loop = new_event_loop("auto")
+        asyncio.set_event_loop(loop)
+        try:
+            loop.run_until_complete(self._serve())
+        finally:
+            try:
+                loop.run_until_complete(loop.shutdown_asyncgens())
+            finally:
+                loop.close()
+
+    async def _serve(self) -> None:
+        loop = asyncio.get_running_loop()
+        server = self.server = GunicornServer(self, self.wsgiplus_config())
+        await server.start([getattr(s, "sock", s) for s in self.sockets])
+
+        def stop(quick: bool) -> None:
+            self.alive = False
+            self.quick = self.quick or quick
+            server.request_stop()
+
+        def abort() -> None:
+            self.alive = False
+            self.cfg.worker_abort(self)
+            sys.exit(1)
+
+        loop.add_signal_handler(signal.SIGTERM, stop, False)
+        loop.add_signal_handler(signal.SIGINT, stop, True)
+        loop.add_signal_handler(signal.SIGQUIT, stop, True)
+        loop.add_signal_handler(signal.SIGABRT, abort)
+        loop.add_signal_handler(signal.SIGWINCH, lambda: None)
+        interval = min(1.0, self.timeout / 2) if self.timeout else 1.0
+
+        def heartbeat() -> None:
+            # Keeps beating while the worker drains, so a graceful stop longer than
+            # --timeout is not cut short by the arbiter either.
+            if not self.alive:  # max_requests or gunicorn's --reload said so
+                server.request_stop()
+            elif os.getppid() != self.ppid:
+                self.log.info("Parent changed, shutting down: %s", self)
+                stop(False)
+            self.notify()
+            loop.call_later(interval, heartbeat)
+
+        heartbeat()
+        await server.wait_stopped()
+        if self.quick:
+            self.cfg.worker_int(self)
+        await server.shutdown(0.0 if self.quick else float(self.cfg.graceful_timeout))

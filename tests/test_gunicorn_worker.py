@@ -1,0 +1,157 @@
+"""Real gunicorn with ``-k wsgiplus.gunicorn.Worker``: suspension, heartbeat, signals, settings."""
+
+from __future__ import annotations
+
+import http.client
+import re
+import signal
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from conftest import get_many
+from test_supervisor import APP_SOURCE, get, spawn  # noqa: F401 (spawn is a fixture)
+from test_supervisor import gate as gate  # noqa: F401 (a fixture)
+
+gunicorn_config = pytest.importorskip("gunicorn.config")
+# gunicorn >= 27 opens a control socket in ~/.gunicorn; parallel test servers must not share it
+NO_CONTROL = ["--no-control-socket"] if hasattr(gunicorn_config, "ControlSocketDisable") else []
+
+# N requests on 2 threads: each suspends on a future that completes only when all N
+# are suspended at once - impossible if a suspended request held a thread.
+BARRIER_SOURCE = '''
+import os
+import threading
+from concurrent.futures import Future
+
+N = int(os.environ.get("BARRIER_N", "200"))
+_lock = threading.Lock()
+_waiting = []
+
+
+def app(environ, start_response):
+    fut = Future()
+    with _lock:
+        _waiting.append(fut)
+        if len(_waiting) == N:
+            for f in _waiting:
+                f.set_result(N)
+            _waiting.clear()
+    yield fut
+    body = f"released with {fut.result()} {os.getpid()}".encode()
+    start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", str(len(body)))])
+    yield body
+'''
+
+GUNICORN_LISTENING = re.compile(r"Listening at: http://127\.0\.0\.1:(\d+)")
+BOOTED = re.compile(r"Booting worker with pid: (\d+)")
+
+
+@pytest.fixture
+def app_dir(tmp_path: Path) -> Path:
+    (tmp_path / "plusapp.py").write_text(APP_SOURCE)
+    (tmp_path / "barrier.py").write_text(BARRIER_SOURCE)
+    return tmp_path
+
+
+def gunicorn(spawn, cwd: Path, app: str, *extra: str, env: dict[str, str] | None = None):  # noqa: F811
+    proc = spawn(["-m", "gunicorn", "-k", "wsgiplus.gunicorn.Worker", "-b", "127.0.0.1:0",
+                  "--threads", "2", "--log-level", "info", *NO_CONTROL, *extra, app], cwd, env)
+    port = int(proc.wait_for(GUNICORN_LISTENING)[0].group(1))
+    proc.wait_for(r"WSGI\+ listening on")  # the worker is serving
+    return proc, port
+
+
+def test_suspension_barrier_200_requests_on_2_threads(spawn, app_dir) -> None:  # noqa: F811
+    proc, port = gunicorn(spawn, app_dir, "barrier:app", env={"BARRIER_N": "200"})
+    results = get_many(port, ["/"] * 200, timeout=60)
+    assert len(results) == 200
+    assert all(status == 200 and body.startswith(b"released with 200 ") for status, body in results)
+    proc.send(signal.SIGTERM)
+    assert proc.wait(30) == 0
+
+
+def test_suspended_past_timeout_the_worker_is_not_killed(spawn, gate, app_dir) -> None:  # noqa: F811
+    proc, port = gunicorn(spawn, app_dir, "plusapp:app", "--timeout", "2",
+                          env={"GATE_PORT": str(gate.port)})
+    worker = int(proc.wait_for(BOOTED)[0].group(1))
+    results: list[tuple[int, bytes]] = []
+    clients = threading.Thread(target=lambda: results.extend(get_many(port, ["/gate"] * 20, 60)))
+    clients.start()
+    try:
+        gate.wait_arrivals(20)
+        time.sleep(5)  # the scenario itself: suspended 2.5 x gunicorn's --timeout
+        gate.release()
+    finally:
+        clients.join(60)
+    assert len(results) == 20
+    assert all(status == 200 and body == f"done {worker}".encode() for status, body in results)
+    assert "WORKER TIMEOUT" not in proc.output
+    assert [int(m.group(1)) for m in proc.matches(BOOTED)] == [worker]  # never replaced
+    proc.send(signal.SIGTERM)
+    assert proc.wait(30) == 0
+
+
+def test_sigterm_lets_suspended_requests_finish(spawn, gate, app_dir) -> None:  # noqa: F811
+    proc, port = gunicorn(spawn, app_dir, "plusapp:app", "--graceful-timeout", "60",
+                          env={"GATE_PORT": str(gate.port)})
+    results: list[tuple[int, bytes]] = []
+    clients = threading.Thread(target=lambda: results.extend(get_many(port, ["/gate"] * 50, 60)))
+    clients.start()
+    try:
+        gate.wait_arrivals(50)
+        proc.send(signal.SIGTERM)  # the arbiter passes it on to the worker
+        proc.wait_for(r"Handling signal: term")
+        gate.release()
+    finally:
+        clients.join(60)
+    assert len(results) == 50
+    assert all(status == 200 and body.startswith(b"done ") for status, body in results)
+    assert proc.wait(60) == 0
+
+
+def test_gunicorn_access_log_format_and_max_requests(spawn, app_dir) -> None:  # noqa: F811
+    fmt = '%(h)s "%(r)s" %(s)s %(b)s ua=%(a)s x=%({x-trace}i)s ct=%({content-type}o)s'
+    proc, port = gunicorn(spawn, app_dir, "plusapp:app", "--access-logfile", "-",
+                          "--access-logformat", fmt, "--max-requests", "3")
+    pids = set()
+    for i in range(9):
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        conn.request("GET", f"/n{i}?q=1", headers={"User-Agent": "probe/1", "X-Trace": f"t{i}",
+                                                   "Connection": "close"})
+        resp = conn.getresponse()
+        assert resp.status == 200
+        pids.add(resp.read().split()[1])
+        conn.close()
+    assert len(pids) >= 2  # recycled after 3 requests
+    lines = proc.wait_for(r'^127\.0\.0\.1 "GET /n\d\?q=1 HTTP/1\.1" 200 \d+ ua=probe/1 x=t\d ct=text/plain$',
+                          count=9)
+    assert len(lines) == 9
+    assert proc.matches("Autorestarting worker after current request")
+    proc.send(signal.SIGTERM)
+    assert proc.wait(30) == 0
+
+
+def test_limits_and_forwarded_allow_ips(spawn, app_dir) -> None:  # noqa: F811
+    (app_dir / "echo.py").write_text(
+        "def app(environ, start_response):\n"
+        "    body = (environ['REMOTE_ADDR'] + ' ' + environ['wsgi.url_scheme']).encode()\n"
+        "    start_response('200 OK', [('Content-Length', str(len(body)))])\n"
+        "    return [body]\n"
+    )
+    proc, port = gunicorn(spawn, app_dir, "echo:app", "--limit-request-line", "100",
+                          "--forwarded-allow-ips", "127.0.0.1")
+    assert get(port, "/" + "a" * 200)[0] == 414
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    conn.request("GET", "/", headers={"X-Forwarded-For": "203.0.113.9", "X-Forwarded-Proto": "https"})
+    assert conn.getresponse().read() == b"203.0.113.9 https"
+    conn.close()
+    proc.send(signal.SIGTERM)
+    assert proc.wait(30) == 0
+
+    proc, port = gunicorn(spawn, app_dir, "echo:app", "--forwarded-allow-ips", "10.0.0.0/8")
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    conn.request("GET", "/", headers={"X-Forwarded-For": "203.0.113.9", "X-Forwarded-Proto": "https"})
+    assert conn.getresponse().read() == b"127.0.0.1 http"
+    conn.close()
