@@ -109,6 +109,7 @@ class Runner:
         "_iterable",
         "_iterator",
         "_single_chunk",
+        "_eager",
         "_closed",
         "_lock",
         "_out",
@@ -166,6 +167,7 @@ class Runner:
         self._iterable: Iterable[Any] | None = None
         self._iterator: Any = None
         self._single_chunk = False
+        self._eager = False
         self._closed = False
         # shared between pool threads and the loop
         self._lock = threading.Lock()
@@ -192,7 +194,7 @@ class Runner:
         self.started_at = time.monotonic()
         if self.timeout:
             self._timer = self.loop.call_later(self.timeout, self._on_deadline)
-        self._submit(self._run)
+        self._pool.submit(self._run)
 
     def _after_step(self, outcome: int, arg: Any) -> None:
         self._flush()
@@ -390,14 +392,19 @@ class Runner:
                     return _STOPPED, self._stop_reason
                 result = self.app(self.environ, self._start_response)
                 self._iterable = result
-                self._single_chunk = type(result) in (list, tuple) and len(result) == 1
+                # A list's items are all there: nothing to wait for between them,
+                # so its chunks may go out together at the end of the step.
+                self._eager = eager = type(result) in (list, tuple)
+                self._single_chunk = eager and len(result) == 1
                 it = self._iterator = iter(result)
+            else:
+                eager = self._eager
             sink = self.sink
             while True:
                 if self._stop_reason:
                     self._close_iterable()
                     return _STOPPED, self._stop_reason
-                if self._out and not self._flush_posted:
+                if self._out and not eager and not self._flush_posted:
                     self._post_flush()
                 item = next(it)
                 if type(item) is bytes or isinstance(item, (bytes, bytearray, memoryview)):
