@@ -70,14 +70,15 @@ READY = re.compile(r"worker pid (\d+) ready")
 class Proc:
     """A server subprocess whose merged output is read by a thread, so every wait is bounded."""
 
-    def __init__(self, args: list[str], cwd: Path, env: dict[str, str] | None = None) -> None:
+    def __init__(self, args: list[str], cwd: Path, env: dict[str, str] | None = None,
+                 pass_fds: tuple[int, ...] = ()) -> None:
         full_env = dict(os.environ, PYTHONDONTWRITEBYTECODE="1", PYTHONUNBUFFERED="1")
         full_env.update(env or {})
         self.lines: list[str] = []
         self._cond = threading.Condition()
         self.popen = subprocess.Popen(
             [sys.executable, *args], cwd=cwd, env=full_env, stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True, pass_fds=pass_fds,
         )
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
@@ -152,8 +153,9 @@ class Proc:
 def spawn() -> Iterator:
     procs: list[Proc] = []
 
-    def start(args: list[str], cwd: Path, env: dict[str, str] | None = None) -> Proc:
-        proc = Proc(args, cwd, env)
+    def start(args: list[str], cwd: Path, env: dict[str, str] | None = None,
+              pass_fds: tuple[int, ...] = ()) -> Proc:
+        proc = Proc(args, cwd, env, pass_fds)
         procs.append(proc)
         return proc
 

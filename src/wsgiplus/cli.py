@@ -76,6 +76,8 @@ def build_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("processes and threads")
     opt("-w", "--workers", field="workers", help="worker processes; 1 runs in this process")
     opt("-t", "--threads", field="threads", help="pool threads per worker")
+    opt("--thread-affinity", field="thread_affinity", action=argparse.BooleanOptionalAction,
+        help="resume a suspended request on the thread that started it (for thread-bound resources)")
     opt("--loop", field="loop", choices=["auto", "asyncio", "uvloop"], help="event loop")
     opt("--max-requests", field="max_requests", help="recycle a worker after this many requests (0: never)")
     opt("--max-requests-jitter", field="max_requests_jitter",
