@@ -94,6 +94,9 @@ def test_in_process_demo_and_sigint(spawn, tmp_path: Path) -> None:  # noqa: F81
     status, body = get(port, "/wait?seconds=0.05")
     assert status == 200 and body.startswith(b"waited")
     assert not proc.matches("supervisor")  # one worker, no reload: no supervisor process
+    proc.send(signal.SIGHUP)  # no supervisor to reload with: said, and ignored
+    proc.wait_for("SIGHUP ignored")
+    assert get(port, "/")[0] == 200
     proc.send(signal.SIGINT)
     assert proc.wait(30) == 0
 

@@ -247,6 +247,31 @@ def test_graceful_sigterm_loses_none_of_100_suspended_requests(spawn, gate, app_
     assert proc.wait(30) == 0, proc.output
 
 
+def test_graceful_timeout_bounds_the_wait_for_requests_that_never_finish(spawn, gate, app_dir) -> None:
+    proc = spawn(serve_args("--workers", "2", "--graceful-timeout", "1"), app_dir,
+                 {"GATE_PORT": str(gate.port)})
+    port = proc.port()
+    proc.wait_for(READY, count=2)
+    results: list[object] = []
+
+    def client() -> None:
+        try:
+            results.append(get(port, "/gate", timeout=30))
+        except OSError as exc:
+            results.append(exc)
+
+    clients = [threading.Thread(target=client) for _ in range(4)]
+    for t in clients:
+        t.start()
+    gate.wait_arrivals(4)
+    proc.send(signal.SIGTERM)  # the gate is never opened
+    assert proc.wait(30) == 0
+    for t in clients:
+        t.join(30)
+    assert len(results) == 4 and all(isinstance(r, OSError) for r in results)  # cut off, not answered
+    assert proc.matches("graceful timeout")
+
+
 def test_killed_worker_is_replaced_and_server_keeps_answering(spawn, app_dir) -> None:
     proc = spawn(serve_args("--workers", "2"), app_dir)
     port = proc.port()

@@ -32,6 +32,17 @@ class FileWatcher:
         self._warned = False
         self.changed()  # the first look records, it does not report
 
+    def add_file(self, path: str) -> None:
+        """Watch one more file (e.g. outside the directories) from now on."""
+        path = os.path.abspath(path)
+        if path not in self.extra_files:
+            self.extra_files.append(path)
+            try:
+                st = os.stat(path)
+                self._seen[path] = (st.st_mtime_ns, st.st_size)
+            except OSError:
+                pass
+
     def files(self) -> Iterator[str]:
         count = 0
         yield from self.extra_files

@@ -125,7 +125,11 @@ def run_worker(config: Config, sockets: list[socket.socket] | None, status_fd: i
     supervisor (None when running in-process).
     """
     pid = os.getpid()
-    watch_files: list[str] = []
+    watcher = None
+    if config.reload:  # look at the files before importing them, so no edit slips between
+        from .reload import FileWatcher
+
+        watcher = FileWatcher(config.reload_dirs or [os.getcwd()])
     try:
         app = app if app is not None else load_app(config)
     except BaseException as exc:  # the app's import error, whatever it is
@@ -135,13 +139,13 @@ def run_worker(config: Config, sockets: list[socket.socket] | None, status_fd: i
         log.error("worker %d: cannot load the app %r; serving the error until a file changes",
                   pid, config.app, exc_info=exc)
         filename = getattr(exc, "filename", None)
-        if isinstance(filename, str):
-            watch_files.append(filename)
+        if isinstance(filename, str) and watcher is not None:
+            watcher.add_file(filename)
         app = _failed_app("".join(traceback.format_exception(exc)))
     loop = new_event_loop(config.loop)
     asyncio.set_event_loop(loop)
     try:
-        return loop.run_until_complete(_serve_worker(config, sockets, status_fd, app, watch_files))
+        return loop.run_until_complete(_serve_worker(config, sockets, status_fd, app, watcher))
     finally:
         try:
             loop.run_until_complete(loop.shutdown_asyncgens())
@@ -150,7 +154,7 @@ def run_worker(config: Config, sockets: list[socket.socket] | None, status_fd: i
 
 
 async def _serve_worker(config: Config, sockets: list[socket.socket] | None, status_fd: int | None,
-                        app: Callable[..., Any], watch_files: list[str]) -> int:
+                        app: Callable[..., Any], watcher: Any) -> int:
     loop = asyncio.get_running_loop()
     pid, ppid = os.getpid(), os.getppid()
     asked: list[str] = []
@@ -198,11 +202,12 @@ async def _serve_worker(config: Config, sockets: list[socket.socket] | None, sta
         loop.call_later(1.0, watch_parent)
 
     watch_parent()
+    if status_fd is None:  # in-process: nobody to start new workers
+        loop.add_signal_handler(signal.SIGHUP, log.warning,
+                                "SIGHUP ignored: reloading code needs the supervisor (--workers 2+ or --reload)")
     stop_watching = None
-    if config.reload:
-        from .reload import FileWatcher, start_watching
-
-        watcher = FileWatcher(config.reload_dirs or [os.getcwd()], watch_files)
+    if watcher is not None:
+        from .reload import start_watching
 
         def changed(path: str) -> None:
             log.info("worker %d: %s changed; reloading", pid, path)
@@ -408,18 +413,19 @@ class Supervisor:
             log.info("worker pid %d exited (%s)", worker.pid, how)
         else:
             log.warning("worker pid %d died unexpectedly (%s)", worker.pid, how)
-        if worker.replaced_by is not None and worker.replaced_by in self.workers:
-            self.workers[worker.replaced_by].replaces = None
-        if worker.ready or self.stopping:
-            return
-        # it never listened: the app does not load, or the worker crashed at boot
-        if worker.replaces is not None:
-            old = self.workers.get(worker.replaces)
-            if old is not None:
-                old.replaced_by = None
+        new = self.workers.get(worker.replaced_by) if worker.replaced_by is not None else None
+        if new is not None:
+            new.replaces = None
+        old = self.workers.get(worker.replaces) if worker.replaces is not None else None
+        if old is not None and old.replaced_by == worker.pid:
+            old.replaced_by = None  # the old worker counts again
+            if not worker.ready and not worker.stopping and not self.stopping:
                 log.error("the new worker failed to boot (%s); pid %d keeps serving the old code",
                           how, old.pid)
-                return
+            return
+        if worker.ready or worker.stopping or self.stopping:
+            return
+        # it never listened and nobody asked it to stop: the app does not load, or a crash at boot
         if code == BOOT_ERROR and not any(w.ready for w in self.workers.values()):
             log.error("worker failed to boot (the app does not load); shutting down")
             self.exit_status = BOOT_ERROR
