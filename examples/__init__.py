@@ -1,0 +1,1 @@
+"""Runnable WSGI+ examples; each module's docstring gives its one command (run from the repo root)."""
