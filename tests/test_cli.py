@@ -130,3 +130,32 @@ def test_unix_socket_with_workers_is_removed_on_exit(spawn, tmp_path: Path) -> N
     proc.send(signal.SIGTERM)
     assert proc.wait(30) == 0
     assert not path.exists()
+
+
+def test_tls_with_workers(spawn, tmp_path: Path) -> None:  # noqa: F811
+    import shutil
+    import ssl
+
+    if shutil.which("openssl") is None:
+        pytest.skip("needs the openssl command to make a certificate")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+                    "-subj", "/CN=localhost", "-addext", "subjectAltName=IP:127.0.0.1",
+                    "-keyout", str(key), "-out", str(cert)], check=True, capture_output=True, timeout=60)
+    (tmp_path / "schemeapp.py").write_text(
+        "def app(environ, start_response):\n"
+        "    body = environ['wsgi.url_scheme'].encode()\n"
+        "    start_response('200 OK', [('Content-Length', str(len(body)))])\n"
+        "    return [body]\n")
+    proc = spawn(["-m", "wsgiplus", "schemeapp:app", "--bind", "127.0.0.1:0", "--workers", "2",
+                  "--certfile", str(cert), "--keyfile", str(key)], tmp_path)
+    port = int(proc.wait_for(r"WSGI\+ listening on 127\.0\.0\.1:(\d+)")[0].group(1))
+    proc.wait_for(READY, count=2)
+    context = ssl.create_default_context(cafile=str(cert))
+    conn = http.client.HTTPSConnection("127.0.0.1", port, timeout=10, context=context)
+    conn.request("GET", "/")
+    resp = conn.getresponse()
+    assert (resp.status, resp.read()) == (200, b"https")
+    conn.close()
+    proc.send(signal.SIGTERM)
+    assert proc.wait(30) == 0

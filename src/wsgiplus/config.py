@@ -64,7 +64,7 @@ class Config:
     # logging
     log_level: str = "info"
     access_log: bool = True
-    access_log_format: str | None = None  # gunicorn atoms; None: the default line
+    access_log_format: str | None = None  # gunicorn atoms or common/combined; None: combined
     access_logfile: str | None = None  # "-" or None: stdout
     error_logfile: str | None = None  # None: stderr
     log_json: bool = False
