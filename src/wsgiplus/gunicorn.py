@@ -113,11 +113,11 @@ class Worker(base.Worker):
         return Config(**values).validate()
 
     def _route_logs(self) -> None:
-        """WSGI+'s error log goes wherever gunicorn's error log goes."""
+        """WSGI+'s logs (``wsgiplus.error``, ``wsgiplus.bridge`` ...) go wherever gunicorn's error log goes."""
         error_log = getattr(self.log, "error_log", None)
         if error_log is None:
             return
-        ours = logging.getLogger("wsgiplus.error")
+        ours = logging.getLogger("wsgiplus")
         ours.handlers = list(error_log.handlers)
         ours.setLevel(error_log.level)
         ours.propagate = False
