@@ -132,7 +132,7 @@ def run_worker(config: Config, sockets: list[socket.socket] | None, status_fd: i
         watcher = FileWatcher(config.reload_dirs or [os.getcwd()])
     try:
         app = app if app is not None else load_app(config)
-    except BaseException as exc:  # the app's import error, whatever it is
+    except Exception as exc:  # the app's import error, whatever it is
         if not config.reload:
             log.error("worker %d: cannot load the app %r", pid, config.app, exc_info=exc)
             return BOOT_ERROR
