@@ -94,6 +94,7 @@ def test_in_process_demo_and_sigint(spawn, tmp_path: Path) -> None:  # noqa: F81
     status, body = get(port, "/wait?seconds=0.05")
     assert status == 200 and body.startswith(b"waited")
     assert not proc.matches("supervisor")  # one worker, no reload: no supervisor process
+    proc.wait_for(r'^127\.0\.0\.1 - - \[.+\] "GET /wait\?seconds=0\.05 HTTP/1\.1" 200 \d+ "-" "-"$')
     proc.send(signal.SIGHUP)  # no supervisor to reload with: said, and ignored
     proc.wait_for("SIGHUP ignored")
     assert get(port, "/")[0] == 200
@@ -119,14 +120,7 @@ def test_unix_socket_with_workers_is_removed_on_exit(spawn, tmp_path: Path) -> N
     path = tmp_path / "w.sock"
     proc = spawn(["-m", "wsgiplus", "--uds", str(path), "--workers", "2"], tmp_path)
     proc.wait_for(READY, count=2)
-    with socket.socket(socket.AF_UNIX) as sock:
-        sock.settimeout(10)
-        sock.connect(str(path))
-        sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-        data = b""
-        while chunk := sock.recv(65536):
-            data += chunk
-    assert data.startswith(b"HTTP/1.1 200 ")
+    assert unix_get(path).startswith(b"HTTP/1.1 200 ")
     proc.send(signal.SIGTERM)
     assert proc.wait(30) == 0
     assert not path.exists()
@@ -159,3 +153,27 @@ def test_tls_with_workers(spawn, tmp_path: Path) -> None:  # noqa: F811
     conn.close()
     proc.send(signal.SIGTERM)
     assert proc.wait(30) == 0
+
+
+def unix_get(path: Path) -> bytes:
+    with socket.socket(socket.AF_UNIX) as sock:
+        sock.settimeout(10)
+        sock.connect(str(path))
+        sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        data = b""
+        while chunk := sock.recv(65536):
+            data += chunk
+    return data
+
+
+def test_log_level_warning_keeps_info_lines_out(spawn, tmp_path: Path) -> None:  # noqa: F811
+    from conftest import wait_for
+
+    path = tmp_path / "s.sock"
+    proc = spawn(["-m", "wsgiplus", "--uds", str(path), "--workers", "2", "--log-level", "warning"], tmp_path)
+    assert wait_for(path.exists, timeout=20)
+    assert unix_get(path).startswith(b"HTTP/1.1 200 ")
+    proc.wait_for(r'"GET / HTTP/1\.1" 200')  # the access log is not an info line of the error log
+    proc.send(signal.SIGTERM)
+    assert proc.wait(30) == 0
+    assert "[INFO]" not in proc.output

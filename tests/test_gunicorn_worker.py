@@ -155,3 +155,54 @@ def test_limits_and_forwarded_allow_ips(spawn, app_dir) -> None:  # noqa: F811
     conn.request("GET", "/", headers={"X-Forwarded-For": "203.0.113.9", "X-Forwarded-Proto": "https"})
     assert conn.getresponse().read() == b"127.0.0.1 http"
     conn.close()
+
+
+def test_threads_and_quick_stop(spawn, gate, app_dir) -> None:  # noqa: F811
+    proc, port = gunicorn(spawn, app_dir, "plusapp:app", "--threads", "3",
+                          "--graceful-timeout", "60", env={"GATE_PORT": str(gate.port)})
+    assert proc.matches(r"WSGI\+ listening on 127\.0\.0\.1:\d+ \(3 threads")
+    # SIGQUIT: quick stop, suspended requests are not waited for
+    results: list[object] = []
+
+    def client() -> None:
+        try:
+            results.append(get(port, "/gate", timeout=30))
+        except OSError as exc:
+            results.append(exc)
+
+    clients = [threading.Thread(target=client) for _ in range(3)]
+    for t in clients:
+        t.start()
+    gate.wait_arrivals(3)
+    proc.send(signal.SIGQUIT)
+    assert proc.wait(30) == 0
+    for t in clients:
+        t.join(30)
+    assert len(results) == 3 and all(isinstance(r, OSError) for r in results)
+
+
+def test_gunicorn_settings_map_to_wsgiplus_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from gunicorn.config import Config as GunicornConfig
+    from gunicorn.glogging import Logger
+
+    from wsgiplus.gunicorn import UNLIMITED, Worker
+
+    (tmp_path / "extra.toml").write_text("max_suspended = 77\nsuspend_timeout = 9\nthreads = 99\n")
+    monkeypatch.setenv("WSGIPLUS_CONFIG", str(tmp_path / "extra.toml"))
+    cfg = GunicornConfig()
+    for name, value in [("threads", 6), ("keepalive", 7), ("graceful_timeout", 11), ("workers", 3),
+                        ("limit_request_line", 0), ("limit_request_fields", 50),
+                        ("limit_request_field_size", 300), ("worker_connections", 123),
+                        ("forwarded_allow_ips", "10.0.0.0/8,192.168.0.1")]:
+        cfg.set(name, value)
+    worker = Worker(1, 1, [], None, 15, cfg, Logger(cfg))
+    try:
+        c = worker.wsgiplus_config()
+    finally:
+        worker.tmp.close()
+    assert (c.threads, c.keepalive_timeout, c.graceful_timeout, c.workers) == (6, 7.0, 11.0, 3)
+    assert (c.max_request_line, c.max_header_count, c.max_header_size) == (UNLIMITED, 50, 300)
+    assert c.max_connections == 123
+    assert c.proxy_headers and c.forwarded_allow_ips == ["10.0.0.0/8", "192.168.0.1"]
+    assert (c.max_suspended, c.suspend_timeout) == (77, 9.0)  # WSGI+-only settings from $WSGIPLUS_CONFIG
+    assert c.access_log is False and c.max_requests == 0  # gunicorn logs and recycles itself
