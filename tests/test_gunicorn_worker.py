@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import http.client
+import os
 import re
 import signal
 import threading
@@ -206,3 +207,24 @@ def test_gunicorn_settings_map_to_wsgiplus_config(tmp_path: Path, monkeypatch: p
     assert c.proxy_headers and c.forwarded_allow_ips == ["10.0.0.0/8", "192.168.0.1"]
     assert (c.max_suspended, c.suspend_timeout) == (77, 9.0)  # WSGI+-only settings from $WSGIPLUS_CONFIG
     assert c.access_log is False and c.max_requests == 0  # gunicorn logs and recycles itself
+
+
+def test_gunicorn_reload_picks_up_changed_code(spawn, app_dir) -> None:  # noqa: F811
+    proc, port = gunicorn(spawn, app_dir, "plusapp:app", "--reload")
+    assert get(port)[1].startswith("v1 ")
+    mark = proc.mark()
+    source = (app_dir / "plusapp.py").read_text().replace('VERSION = "v1"', 'VERSION = "v2-reloaded"')
+    for attempt in range(1, 6):  # gunicorn's reloader may take its first look after a first write
+        (app_dir / "plusapp.py").write_text(source)
+        stamp = (app_dir / "plusapp.py").stat().st_mtime_ns + attempt * 1_000_000_000
+        os.utime(app_dir / "plusapp.py", ns=(stamp, stamp))
+        try:
+            proc.wait_for(r"Worker reloading: .*plusapp\.py modified", start=mark, timeout=4)
+            break
+        except AssertionError:
+            if attempt == 5:
+                raise
+    proc.wait_for(r"WSGI\+ listening on", start=mark)  # the new worker serves
+    assert get(port)[1].startswith("v2-reloaded ")
+    proc.send(signal.SIGTERM)
+    assert proc.wait(30) == 0
