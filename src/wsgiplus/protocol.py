@@ -157,10 +157,16 @@ class RequestParser:
         self._url = b""
         self._headers: list[tuple[bytes, bytes]] = []
         self._in_head = False
+        self._in_message = False
         self._head_bytes = 0
         self._body_bytes = 0
         self.finished = False  # error or upgrade: no more HTTP on this connection
         self.upgraded_data: bytes | None = None
+
+    @property
+    def idle(self) -> bool:
+        """Between messages: no partial head or body is held."""
+        return not self._in_head and not self._in_message
 
     def feed(self, data: bytes) -> list[Event]:
         if self.finished:
@@ -198,6 +204,7 @@ class RequestParser:
         self._url = b""
         self._headers = []
         self._in_head = True
+        self._in_message = True
         self._head_bytes = 0
         self._body_bytes = 0
 
@@ -288,6 +295,7 @@ class RequestParser:
         self._events.append(Data(body))
 
     def on_message_complete(self) -> None:
+        self._in_message = False
         self._events.append(END_OF_MESSAGE)
 
 

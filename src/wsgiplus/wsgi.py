@@ -133,7 +133,27 @@ class ErrorStream:
 
 
 _ERRORS = ErrorStream()
-_EMPTY = b""
+
+
+class EmptyInput:
+    """``wsgi.input`` of a request without a body: stateless, so one serves all."""
+
+    __slots__ = ()
+
+    def read(self, size: int = -1) -> bytes:
+        return b""
+
+    def readline(self, size: int = -1) -> bytes:
+        return b""
+
+    def readlines(self, hint: int = -1) -> list[bytes]:
+        return []
+
+    def __iter__(self) -> Iterator[bytes]:
+        return iter(())
+
+
+_EMPTY_INPUT = EmptyInput()
 
 _header_keys: dict[bytes, str | None] = {}
 
@@ -204,7 +224,7 @@ def build_environ(
         environ["REMOTE_PORT"] = str(remote[1])
     else:
         environ["REMOTE_ADDR"] = ""
-    environ["wsgi.input"] = body if body is not None else io.BytesIO(_EMPTY)
+    environ["wsgi.input"] = body if body is not None else _EMPTY_INPUT
     for name, value in request.headers:
         key = _environ_key(name)
         if key is None:
