@@ -15,7 +15,9 @@ thread until each future is done - correct, just not cheap - so one code base
 serves both. It also supplies what WSGI+ would have put in the environ:
 ``wsgi.pause_output`` / ``wsgiplus.pause_output`` (the next ``b""`` after a
 pause blocks until ``resume()``) and ``wsgiplus.client_disconnected`` (always
-False: a plain server cannot tell).
+False: a plain server cannot tell). For the same reason a request parked on
+``pause_output`` there keeps its thread until ``resume()``, even if its client
+has gone: give such waits a bound (``timeout=``) on plain servers.
 """
 
 from __future__ import annotations
@@ -80,11 +82,11 @@ class _Pause:
 
         return resume
 
-    def wait_if_paused(self) -> None:
+    def wait_if_paused(self, timeout: float | None = None) -> None:
         with self._lock:
             event, self._event = self._event, None
-        if event is not None:
-            event.wait()
+        if event is not None and not event.wait(timeout):
+            raise TimeoutError(f"pause_output not resumed after {timeout}s")
 
 
 class BlockingBody:
@@ -105,7 +107,7 @@ class BlockingBody:
                 continue
             if not item:
                 if pause is not None:
-                    pause.wait_if_paused()
+                    pause.wait_if_paused(self._timeout)
                 continue  # an empty string never needs to reach a plain server
             yield item
 

@@ -1,0 +1,177 @@
+"""The same example apps on wsgiref, waitress, gunicorn (sync and gthread) and WSGI+, each for real.
+
+Each server is started as a subprocess with its own command line on a free
+loopback port. ``examples.aggregator`` (three upstream calls in one
+``bridge.gather`` future) runs everywhere; ``examples.feed`` (a long poll and
+a ``pause_output`` event stream woken by a publish) needs a second request
+served while one waits, so it runs on the servers with threads. On plain
+servers ``wsgiplus.compat.portable`` waits for the futures in the worker thread;
+the control shows the same app without it is broken there.
+
+Run as a script, this module is the wsgiref launcher:
+``python tests/test_portability.py module:app`` (threaded wsgiref server, port 0).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import re
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+SERVERS = {
+    "wsgiref": lambda spec: [sys.executable, str(Path(__file__).resolve()), spec],
+    "waitress": lambda spec: [sys.executable, "-m", "waitress", "--listen=127.0.0.1:0", "--threads=4", spec],
+    "gunicorn-sync": lambda spec: [sys.executable, "-m", "gunicorn", "-b", "127.0.0.1:0", "-k", "sync",
+                                   "--no-control-socket", "--graceful-timeout", "2", spec],
+    "gunicorn-gthread": lambda spec: [sys.executable, "-m", "gunicorn", "-b", "127.0.0.1:0", "-k", "gthread",
+                                      "--threads", "4", "--no-control-socket", "--graceful-timeout", "2", spec],
+    "wsgiplus": lambda spec: [sys.executable, "-m", "wsgiplus", spec, "--bind", "127.0.0.1:0",
+                              "--threads", "2", "--no-access-log"],
+}
+THREADED = ["wsgiref", "waitress", "gunicorn-gthread", "wsgiplus"]
+PORT_LINE = re.compile(r"(?:listening on |Serving on http://|Listening at: http://)127\.0\.0\.1:(\d+)",
+                       re.IGNORECASE)
+
+
+@contextlib.contextmanager
+def server(kind: str, spec: str, env: dict[str, str]) -> Iterator[int]:
+    proc = subprocess.Popen(SERVERS[kind](spec), cwd=ROOT, stderr=subprocess.STDOUT, stdout=subprocess.PIPE,
+                            text=True, env=dict(os.environ, PYTHONPATH=f"{ROOT}{os.pathsep}{ROOT / 'src'}", **env))
+    log: list[str] = []
+    try:
+        port = None
+        deadline = time.monotonic() + 30
+        while port is None and time.monotonic() < deadline:
+            line = proc.stdout.readline()  # type: ignore[union-attr]
+            if not line:
+                break
+            log.append(line)
+            m = PORT_LINE.search(line)
+            if m:
+                port = int(m.group(1))
+        assert port, f"{kind} did not start:\n" + "".join(log)
+        threading.Thread(target=lambda: log.extend(proc.stdout), daemon=True).start()  # type: ignore[arg-type]
+        if kind.startswith("gunicorn"):  # the master listens before its worker has booted
+            _wait_until_served(port)
+        yield port
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)
+
+
+def _wait_until_served(port: int) -> None:
+    from test_examples import request
+
+    for _ in range(100):
+        with contextlib.suppress(OSError, asyncio.TimeoutError, ValueError, IndexError):
+            asyncio.run(request(port, "GET", "/stats", timeout=5))
+            return
+        time.sleep(0.1)
+
+
+@pytest.fixture(scope="module")
+def upstreams() -> Iterator[list[str]]:
+    from test_examples import Upstream
+
+    first = Upstream("alpha").start()
+    ups = [first, Upstream("beta", shared=first).start(), Upstream("gamma", shared=first).start()]
+    yield [u.url for u in ups]
+    for u in reversed(ups):
+        u.stop()
+
+
+@pytest.mark.parametrize("kind", list(SERVERS))
+def test_aggregator_everywhere(kind: str, upstreams: list[str]) -> None:
+    from test_examples import request
+
+    with server(kind, "examples.aggregator:app", {"UPSTREAMS": ",".join(upstreams)}) as port:
+        async def main() -> list[tuple[int, dict[str, str], bytes]]:
+            return await asyncio.gather(*(request(port, "GET", f"/q/{i}?n={i}") for i in range(6)))
+
+        results = asyncio.run(main())
+    for i, (status, _, body) in enumerate(results):
+        assert status == 200, body
+        merged = json.loads(body)
+        assert merged == {"errors": {}, "results": {
+            url: {"name": name, "target": f"/q/{i}?n={i}"}
+            for url, name in zip(upstreams, ["alpha", "beta", "gamma"], strict=True)}}
+
+
+@pytest.mark.parametrize("kind", THREADED)
+def test_feed_long_poll_and_pause_output_everywhere(kind: str) -> None:
+    from test_examples import request
+
+    with server(kind, "examples.feed:app", {}) as port:
+        async def main() -> tuple[tuple[int, dict[str, str], bytes], str]:
+            poll = asyncio.create_task(request(port, "GET", "/poll?after=0"))
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(b"GET /events HTTP/1.1\r\nHost: t\r\n\r\n")
+            buf = b""
+            while b": connected" not in buf:
+                buf += await asyncio.wait_for(reader.read(4096), 30)
+            for _ in range(300):  # the poll and the stream both wait (bounded)
+                _, _, stats = await request(port, "GET", "/stats")
+                if json.loads(stats)["waiting"] == 2:
+                    break
+                await asyncio.sleep(0.05)
+            await request(port, "POST", "/publish", b"hello")
+            while b"data: hello" not in buf:
+                buf += await asyncio.wait_for(reader.read(4096), 30)
+            writer.close()
+            return await asyncio.wait_for(poll, 30), buf.decode()
+
+        (status, _, body), stream = asyncio.run(main())
+    assert status == 200 and json.loads(body) == {"messages": [{"id": 1, "text": "hello"}]}
+    assert "id: 1\ndata: hello\n\n" in stream
+
+
+def test_control_without_the_shim_a_plain_server_breaks() -> None:
+    """The same aggregator, unwrapped (``app.__wrapped__``), on wsgiref: the future is not bytes."""
+    from test_examples import request
+
+    with server("wsgiref", "examples.aggregator:app.__wrapped__", {"UPSTREAMS": "http://127.0.0.1:9"}) as port:
+        status, _, _ = asyncio.run(request(port, "GET", "/"))
+    assert status == 500
+
+
+def _serve_wsgiref(spec: str) -> None:
+    import importlib
+    from socketserver import ThreadingMixIn
+    from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
+
+    module, _, attrs = spec.partition(":")
+    app = importlib.import_module(module)
+    for attr in attrs.split("."):
+        app = getattr(app, attr)
+
+    class Server(ThreadingMixIn, WSGIServer):
+        daemon_threads = True
+
+    class Quiet(WSGIRequestHandler):
+        def log_message(self, *args: object) -> None:
+            pass
+
+    httpd = make_server("127.0.0.1", 0, app, server_class=Server, handler_class=Quiet)
+    print(f"wsgiref listening on 127.0.0.1:{httpd.server_port}", flush=True)
+    httpd.serve_forever()
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, os.getcwd())
+    _serve_wsgiref(sys.argv[1])
