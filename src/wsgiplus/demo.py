@@ -7,19 +7,15 @@ without holding a thread (try it with many concurrent clients and
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Iterator
-from concurrent.futures import Future
 from typing import Any
 from urllib.parse import parse_qs
 
+from . import bridge
 
-def _timer_future(seconds: float) -> Future:
-    fut: Future = Future()
-    timer = threading.Timer(seconds, fut.set_result, args=(seconds,))
-    timer.daemon = True
-    timer.start()
-    return fut
+
+def _timer_future(seconds: float) -> Any:
+    return bridge.sleep(seconds, seconds)  # a timer on the bridge's loop: no thread waits
 
 
 def app(environ: dict[str, Any], start_response: Any) -> Iterator[Any]:
