@@ -14,7 +14,7 @@ import json
 import logging
 import os
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 __all__ = ["AccessLogger", "Atoms", "FORMATS", "resolve_format"]
@@ -64,70 +64,35 @@ class Atoms(Mapping[str, Any]):
         self.duration = max(0.0, (now if now is not None else time.monotonic()) - runner.started_at)
 
     def __iter__(self) -> Iterator[str]:
-        return iter(("h", "l", "u", "t", "r", "s", "m", "U", "q", "H", "b", "B", "f", "a",
-                     "T", "D", "M", "L", "p"))
+        return iter(_ATOMS)
 
     def __len__(self) -> int:
-        return 19
+        return len(_ATOMS)
 
     def __getitem__(self, key: str) -> Any:
         try:
-            value = self._atom(key)
+            fn = _ATOMS.get(key)
+            value = fn(self) if fn is not None else self._bracketed(key)
         except Exception:  # a log line must never break a request
             value = None
         return "-" if value is None or value == "" else value
 
-    def _atom(self, key: str) -> Any:
-        env = self.environ
-        if key.startswith("{") and len(key) > 3 and key[-2] == "}":
-            name, kind = key[1:-2], key[-1]
-            if kind == "i":
-                return request_header(env, name)
-            if kind == "o":
-                return self.response_header(name)
-            if kind == "e":
-                return _environ_value(env, name)
+    def _bracketed(self, key: str) -> Any:
+        """``{name}i`` request header, ``{name}o`` response header, ``{key}e`` environ."""
+        if not (key.startswith("{") and len(key) > 3 and key[-2] == "}"):
             return None
-        if key == "h":
-            return env.get("REMOTE_ADDR")
-        if key == "l":
-            return "-"
-        if key == "u":
-            return basic_auth_user(env) or env.get("REMOTE_USER")
-        if key == "t":
-            return time.strftime("[%d/%b/%Y:%H:%M:%S %z]")
-        if key == "r":
-            return f"{self.method} {env.get('RAW_URI', '')} {env.get('SERVER_PROTOCOL', '')}"
-        if key == "s":
-            return self.status
-        if key == "m":
-            return self.method
-        if key == "U":
-            return env.get("PATH_INFO")
-        if key == "q":
-            return env.get("QUERY_STRING")
-        if key == "H":
-            return env.get("SERVER_PROTOCOL")
-        if key == "b":
-            return str(self.sent)
-        if key == "B":
-            return self.sent
-        if key == "f":
-            return env.get("HTTP_REFERER")
-        if key == "a":
-            return env.get("HTTP_USER_AGENT")
-        d = self.duration
-        if key == "T":
-            return int(d)
-        if key == "D":
-            return int(d * 1_000_000)
-        if key == "M":
-            return int(d * 1000)
-        if key == "L":
-            return f"{d:.6f}"
-        if key == "p":
-            return f"<{os.getpid()}>"
+        name, kind = key[1:-2], key[-1]
+        if kind == "i":
+            return request_header(self.environ, name)
+        if kind == "o":
+            return self.response_header(name)
+        if kind == "e":
+            return _environ_value(self.environ, name)
         return None
+
+    def request_line(self) -> str:
+        env = self.environ
+        return f"{self.method} {env.get('RAW_URI', '')} {env.get('SERVER_PROTOCOL', '')}"
 
     @property
     def method(self) -> str:
@@ -157,7 +122,7 @@ class Atoms(Mapping[str, Any]):
         return {
             "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "remote_addr": env.get("REMOTE_ADDR") or None,
-            "user": self["u"] if self["u"] != "-" else None,
+            "user": basic_auth_user(env) or env.get("REMOTE_USER"),
             "method": self.method,
             "path": env.get("RAW_URI"),
             "protocol": env.get("SERVER_PROTOCOL"),
@@ -168,6 +133,40 @@ class Atoms(Mapping[str, Any]):
             "user_agent": env.get("HTTP_USER_AGENT"),
             "pid": os.getpid(),
         }
+
+
+_last_time: list[Any] = [0, ""]
+
+
+def _clf_time() -> str:
+    """``[22/Nov/2026:08:00:00 +0000]``, formatted once per second."""
+    now = int(time.time())
+    if _last_time[0] != now:
+        _last_time[:] = [now, time.strftime("[%d/%b/%Y:%H:%M:%S %z]", time.localtime(now))]
+    return _last_time[1]
+
+
+_ATOMS: dict[str, Callable[[Atoms], Any]] = {
+    "h": lambda a: a.environ.get("REMOTE_ADDR"),
+    "l": lambda a: "-",
+    "u": lambda a: basic_auth_user(a.environ) or a.environ.get("REMOTE_USER"),
+    "t": lambda a: _clf_time(),
+    "r": Atoms.request_line,
+    "s": lambda a: a.status,
+    "m": lambda a: a.method,
+    "U": lambda a: a.environ.get("PATH_INFO"),
+    "q": lambda a: a.environ.get("QUERY_STRING"),
+    "H": lambda a: a.environ.get("SERVER_PROTOCOL"),
+    "b": lambda a: str(a.sent),
+    "B": lambda a: a.sent,
+    "f": lambda a: a.environ.get("HTTP_REFERER"),
+    "a": lambda a: a.environ.get("HTTP_USER_AGENT"),
+    "T": lambda a: int(a.duration),
+    "D": lambda a: int(a.duration * 1_000_000),
+    "M": lambda a: int(a.duration * 1000),
+    "L": lambda a: f"{a.duration:.6f}",
+    "p": lambda a: f"<{os.getpid()}>",
+}
 
 
 def request_header(environ: Mapping[str, Any], name: str) -> str | None:
