@@ -19,6 +19,7 @@ __all__ = ["FileWatcher", "start_watching"]
 
 SKIP_DIRS = frozenset({"__pycache__", "node_modules", "site-packages", "venv", ".venv", "env", "build", "dist"})
 MAX_FILES = 20000  # a watch on a huge tree must stay cheap; the rest is ignored (and said so)
+MAX_ENTRIES = 200000  # names looked at per poll, .py or not
 POLL_INTERVAL = 0.5
 
 
@@ -44,21 +45,28 @@ class FileWatcher:
                 pass
 
     def files(self) -> Iterator[str]:
-        count = 0
+        count = entries = 0
         yield from self.extra_files
         for top in self.dirs:
             for root, dirnames, filenames in os.walk(top):
                 dirnames[:] = [d for d in dirnames if d not in SKIP_DIRS and not d.startswith(".")]
+                entries += len(filenames) + len(dirnames)
+                if entries > MAX_ENTRIES:
+                    self._warn_truncated()
+                    return
                 for name in filenames:
                     if name.endswith(".py"):
                         count += 1
                         if count > MAX_FILES:
-                            if not self._warned:
-                                self._warned = True
-                                log.warning("reload: watching only the first %d .py files under %s",
-                                            MAX_FILES, ", ".join(self.dirs))
+                            self._warn_truncated()
                             return
                         yield os.path.join(root, name)
+
+    def _warn_truncated(self) -> None:
+        if not self._warned:
+            self._warned = True
+            log.warning("reload: too many files under %s; watching only part of them (use --reload-dir)",
+                        ", ".join(self.dirs))
 
     def changed(self) -> str | None:
         """The path of a file changed or removed since the last call, else None."""
