@@ -16,7 +16,7 @@ from typing import Any
 
 from . import __version__
 from .config import Config
-from .configfile import ConfigFileError, coerce, find_pyproject, load_file
+from .configfile import KINDS, ConfigFileError, coerce, find_pyproject, load_file
 
 __all__ = ["build_parser", "config_from_args", "main"]
 
@@ -37,6 +37,19 @@ def _typed(name: str) -> Any:
     return convert
 
 
+def _metavar(name: str) -> str:
+    kind = KINDS[name][0]
+    if name.endswith("_size") or name.startswith("write_buffer"):
+        return "SIZE"
+    if kind == "float":
+        return "SECONDS"
+    if kind == "int":
+        return "N"
+    if name.endswith("file"):
+        return "PATH"
+    return "VALUE"
+
+
 def _default(name: str) -> str:
     value = getattr(Config(), name)
     if value is None:
@@ -53,10 +66,14 @@ def build_parser() -> argparse.ArgumentParser:
         argument_default=S,
     )
 
+    group: Any = p
+
     def opt(*flags: str, field: str, help: str = "", **kw: Any) -> None:
         if "action" not in kw:
             kw.setdefault("type", _typed(field))
-        p.add_argument(*flags, dest=field, help=f"{help} (default: {_default(field)})".lstrip(), **kw)
+            if "choices" not in kw:
+                kw.setdefault("metavar", _metavar(field))
+        group.add_argument(*flags, dest=field, help=f"{help} (default: {_default(field)})".lstrip(), **kw)
 
     p.add_argument("app", nargs="?", default=S,
                    help=f"module:attribute of the WSGI app (default: the demo, {DEMO_APP})")
@@ -65,7 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a TOML file of settings (default: [tool.wsgiplus] in ./pyproject.toml)")
     p.add_argument("--factory", action="store_true", help="the app names a factory; call it")
 
-    g = p.add_argument_group("sockets")
+    g = group = p.add_argument_group("sockets")
     g.add_argument("-b", "--bind", action="append", metavar="ADDRESS",
                    help="HOST:PORT, [IPV6]:PORT, unix:/path or fd://N; repeatable (default 127.0.0.1:8000)")
     g.add_argument("--uds", action="append", metavar="PATH", help="a unix socket path (same as -b unix:PATH)")
@@ -73,7 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="an inherited listening socket (socket activation); repeatable")
     opt("--backlog", field="backlog", help="listen queue length")
 
-    g = p.add_argument_group("processes and threads")
+    g = group = p.add_argument_group("processes and threads")
     opt("-w", "--workers", field="workers", help="worker processes; 1 runs in this process")
     opt("-t", "--threads", field="threads", help="pool threads per worker")
     opt("--thread-affinity", field="thread_affinity", action=argparse.BooleanOptionalAction,
@@ -89,7 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reload-dir", action="append", dest="reload_dirs", metavar="DIR",
                    help="a directory to watch with --reload; repeatable (default: the working directory)")
 
-    g = p.add_argument_group("limits")
+    g = group = p.add_argument_group("limits")
     opt("--max-request-line", field="max_request_line", help="bytes; 414 beyond")
     opt("--max-header-count", field="max_header_count", help="431 beyond")
     opt("--max-header-size", field="max_header_size", help="bytes in one header field; 431 beyond")
@@ -101,7 +118,7 @@ def build_parser() -> argparse.ArgumentParser:
     opt("--write-buffer-high", field="write_buffer_high", help="pause the app above this many unsent bytes")
     opt("--write-buffer-low", field="write_buffer_low", help="resume it below this")
 
-    g = p.add_argument_group("timeouts (seconds)")
+    g = group = p.add_argument_group("timeouts (seconds)")
     opt("--keepalive-timeout", field="keepalive_timeout", help="idle keep-alive connection")
     opt("--header-timeout", field="header_timeout", help="to receive a whole request head; 408 after")
     opt("--body-timeout", field="body_timeout", help="between two pieces of a request body; 408 after")
@@ -112,7 +129,7 @@ def build_parser() -> argparse.ArgumentParser:
     opt("--blocking-warn", field="blocking_warn",
         help="log the stack of an app step that holds a thread this long (0: off)")
 
-    g = p.add_argument_group("HTTP, TLS and proxies")
+    g = group = p.add_argument_group("HTTP, TLS and proxies")
     opt("--root-path", field="root_path", help="SCRIPT_NAME the app is mounted at")
     opt("--server-header", field="server_header", action=argparse.BooleanOptionalAction,
         help="send 'Server: wsgiplus'")
@@ -126,7 +143,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="comma-separated addresses/CIDRs (or '*') whose proxy headers are believed; "
              "env FORWARDED_ALLOW_IPS")
 
-    g = p.add_argument_group("logging")
+    g = group = p.add_argument_group("logging")
     opt("--log-level", field="log_level", choices=["critical", "error", "warning", "info", "debug"])
     opt("--access-log", field="access_log", action=argparse.BooleanOptionalAction, help="one line per request")
     opt("--access-logfile", field="access_logfile", help="file for the access log; '-' is stdout")
