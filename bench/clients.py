@@ -96,7 +96,12 @@ async def slow(port: int, n: int, duration: float, interval: float) -> dict:
 
 
 def stream(port: int, path: str, timeout: float) -> dict:
-    """Download one response as fast as a socket can, and time it."""
+    """Download one response as fast as a socket can, and time it.
+
+    The body ends at its Content-Length, or at the last chunk when the server
+    chose chunked framing (granian drops the app's Content-Length); ``bytes``
+    counts what came after the head, chunk framing included.
+    """
     sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
     t0 = time.monotonic()
     sock.sendall(b"GET " + path.encode() + b" HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
@@ -104,31 +109,40 @@ def stream(port: int, path: str, timeout: float) -> dict:
     view = memoryview(buf)
     head = b""
     total = 0
-    length = None
+    length: int | None = None  # None: head not parsed yet; -1: chunked or until close
+    chunked = False
+    tail = b""
+    complete = False
     deadline = t0 + timeout
-    while True:
+    while time.monotonic() < deadline:
         n = sock.recv_into(view)
         if not n:
+            complete = length == -1 and not chunked
             break
         if length is None:
             head += bytes(view[:n])
-            if b"\r\n\r\n" in head:
-                h, _, rest = head.partition(b"\r\n\r\n")
-                for line in h.split(b"\r\n"):
-                    if line.lower().startswith(b"content-length:"):
-                        length = int(line.split(b":", 1)[1])
-                length = -1 if length is None else length
-                total = len(rest)
+            if b"\r\n\r\n" not in head:
+                continue
+            h, _, rest = head.partition(b"\r\n\r\n")
+            length = -1
+            for line in h.lower().split(b"\r\n"):
+                if line.startswith(b"content-length:"):
+                    length = int(line.split(b":", 1)[1])
+                elif line.startswith(b"transfer-encoding:") and b"chunked" in line:
+                    chunked = True
+            total, tail = len(rest), rest[-5:]
         else:
             total += n
-        if length is not None and length >= 0 and total >= length:
+            tail = (tail + bytes(view[max(0, n - 5) : n]))[-5:]
+        if length >= 0 and total >= length:
+            complete = True
             break
-        if time.monotonic() > deadline:
+        if chunked and tail == b"0\r\n\r\n":
+            complete = True
             break
     secs = time.monotonic() - t0
     sock.close()
-    return {"bytes": total, "seconds": round(secs, 4), "mb_s": round(total / secs / 1e6, 1),
-            "complete": length is not None and total >= length > 0}
+    return {"bytes": total, "seconds": round(secs, 4), "mb_s": round(total / secs / 1e6, 1), "complete": complete}
 
 
 # -- sse: many listeners --------------------------------------------------------------

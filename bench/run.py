@@ -347,8 +347,8 @@ class Bench:
             env = self.env(BENCH_UPSTREAM=f"127.0.0.1:{port}")
 
             def settle() -> None:
-                """Wait (up to 15 s) until the warm-up's queued requests have drained."""
-                deadline, zeros = time.monotonic() + 15, 0
+                """Wait (up to 8 s) until the warm-up's queued requests have drained."""
+                deadline, zeros = time.monotonic() + 8, 0
                 while time.monotonic() < deadline and zeros < 3:
                     try:
                         conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
