@@ -175,3 +175,53 @@ def _serve_wsgiref(spec: str) -> None:
 if __name__ == "__main__":
     sys.path.insert(0, os.getcwd())
     _serve_wsgiref(sys.argv[1])
+
+
+def test_shim_waits_for_asyncio_futures_and_bounds_pauses_in_process() -> None:
+    """In-process wsgiref: an asyncio future of another loop is waited for on its loop; a pause
+    never resumed fails after ``timeout`` instead of holding the thread for ever."""
+    import http.client
+    from wsgiref.simple_server import WSGIRequestHandler, make_server
+
+    from wsgiplus import bridge
+    from wsgiplus.compat import portable
+
+    async def make_task() -> asyncio.Future[bytes]:
+        return asyncio.ensure_future(asyncio.sleep(0.001, b"from-asyncio"))
+
+    @portable(timeout=0.5)
+    def app(environ: dict, start_response: object) -> Iterator[object]:
+        task = bridge.run(make_task()).result(10)  # an asyncio.Task on the bridge loop
+        yield task
+        start_response("200 OK", [("Content-Type", "text/plain")])  # type: ignore[operator]
+        yield task.result()
+        if environ["PATH_INFO"] == "/stuck":
+            environ["wsgi.pause_output"]()  # nobody will resume
+            yield b""
+            yield b"never"
+
+    class Quiet(WSGIRequestHandler):
+        def log_message(self, *args: object) -> None:
+            pass
+
+    httpd = make_server("127.0.0.1", 0, app, handler_class=Quiet)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        conn = http.client.HTTPConnection("127.0.0.1", httpd.server_port, timeout=10)
+        conn.request("GET", "/")
+        assert conn.getresponse().read() == b"from-asyncio"
+        conn = http.client.HTTPConnection("127.0.0.1", httpd.server_port, timeout=10)
+        conn.request("GET", "/stuck")
+        resp = conn.getresponse()
+        try:
+            body = resp.read()
+        except http.client.IncompleteRead as exc:
+            body = exc.partial
+        assert body == b"from-asyncio"  # then the wait timed out and the response was cut
+        # the single-threaded wsgiref server has its thread back
+        conn = http.client.HTTPConnection("127.0.0.1", httpd.server_port, timeout=10)
+        conn.request("GET", "/")
+        assert conn.getresponse().read() == b"from-asyncio"
+    finally:
+        httpd.shutdown()
+        httpd.server_close()

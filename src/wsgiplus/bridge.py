@@ -57,13 +57,16 @@ Future = concurrent.futures.Future
 class Bridge:
     """An event loop in its own thread plus an executor for blocking calls, both started lazily.
 
+    ``loop``: ``auto`` (uvloop if installed, as the server does), ``uvloop`` or ``asyncio``.
     ``offload_threads`` bounds the executor: blocking calls must not be able to
     take an unbounded number of threads any more than requests can.
     """
 
-    def __init__(self, offload_threads: int = 32, name: str = "wsgiplus-bridge") -> None:
+    def __init__(self, offload_threads: int = 32, name: str = "wsgiplus-bridge",
+                 loop: str = "auto") -> None:
         self.offload_threads = offload_threads
         self.name = name
+        self.loop_kind = loop
         self._lock = threading.Lock()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
@@ -86,7 +89,7 @@ class Bridge:
             return self._loop  # type: ignore[return-value]
 
     def _start(self) -> None:
-        loop = asyncio.new_event_loop()
+        loop = _new_loop(self.loop_kind)
         ready = threading.Event()
 
         def main() -> None:
@@ -226,6 +229,19 @@ class Bridge:
         """
         children: list[Any] = [self.run(a) if asyncio.iscoroutine(a) else a for a in aws]
         return fan_in(children, return_exceptions=return_exceptions)
+
+
+def _new_loop(kind: str) -> asyncio.AbstractEventLoop:
+    """uvloop when installed (``auto``) or asked for (``uvloop``), else asyncio's (``asyncio``)."""
+    if kind in ("auto", "uvloop"):
+        try:
+            import uvloop
+        except ImportError:
+            if kind == "uvloop":
+                raise
+        else:
+            return uvloop.new_event_loop()
+    return asyncio.new_event_loop()
 
 
 def fan_in(children: Iterable[Any], return_exceptions: bool = False) -> Future[list[Any]]:
