@@ -174,3 +174,27 @@ def test_without_the_adapter_suspended_transactions_break(django_server: DjangoS
             body = json.loads(r.content)
             good += body["saw_own_write"] == 1 and body["exit_error"] is None and body["same_conn"]
     assert good < n, [r.text[:300] for r in responses]
+
+
+def test_a_request_that_leaves_while_queued_for_the_writer_turn_gives_it_up(
+    django_server: DjangoServer,
+) -> None:
+    """h2 holds SQLite's writer turn; q2 queues behind it and leaves; when h2 leaves too,
+    the turn goes to the next request, not to the departed q2."""
+    host, port = django_server.url.removeprefix("http://").rsplit(":", 1)
+    holder = socket.create_connection((host, int(port)), timeout=10)
+    holder.sendall(b"GET /hang/h2 HTTP/1.1\r\nHost: t\r\nAccept-Encoding: identity\r\n\r\n")
+    assert wait_for(lambda: "h2" in django_server.state()["suspended"])
+    queued = socket.create_connection((host, int(port)), timeout=10)
+    queued.sendall(b"GET /txn/q2 HTTP/1.1\r\nHost: t\r\nAccept-Encoding: identity\r\n\r\n")
+    # q2 waits for the turn without a thread: the server still answers on its 2 threads
+    assert wait_for(lambda: django_server.state()["lock_waiting"] == 1)
+    queued.close()
+    assert wait_for(lambda: django_server.state()["lock_waiting"] == 0)  # its turn was cancelled
+    assert django_server.state()["lock_held"] is True
+    holder.close()
+    assert wait_for(lambda: django_server.state()["lock_held"] is False)
+    ok = httpx.get(django_server.url + "/txn/q2-after", headers=IDENTITY, timeout=30)
+    assert ok.status_code == 200
+    assert django_server.rows("h2") == {} and django_server.rows("q2-after") == {"q2-after": [1, 2]}
+    assert "q2" not in django_server.rows("q2")  # it never got to write

@@ -165,11 +165,13 @@ class _FuturesPassThrough(StreamingHttpResponse):
 
 
 def state(request: Any) -> JsonResponse:
+    writer = sqlite_writer_lock(str(settings.DATABASES["default"]["NAME"]))
     with _lock:
         return JsonResponse({
             "suspended": sorted(_suspended),
             "closed": sorted(_closed),
-            "lock_held": sqlite_writer_lock(str(settings.DATABASES["default"]["NAME"])).locked,
+            "lock_held": writer.locked,
+            "lock_waiting": writer.waiting,
         })
 
 

@@ -99,6 +99,12 @@ class FutureLock:
     def locked(self) -> bool:
         return self._held
 
+    @property
+    def waiting(self) -> int:
+        """Waiters still in the queue (not cancelled)."""
+        with self._lock:
+            return sum(1 for w in self._waiters if not w.cancelled())
+
 
 _sqlite_locks: dict[str, FutureLock] = {}
 _sqlite_locks_guard = threading.Lock()
