@@ -148,3 +148,31 @@ def test_graceful_shutdown_lets_suspended_requests_finish(serve: Any) -> None:
     t.join(30)
     stopper.join(30)
     assert results == [(200, b"finished")] * 20
+
+
+def test_graceful_shutdown_answers_a_connection_accepted_before_it(serve: Any) -> None:
+    """A client that connected but had not sent its request yet still gets an answer."""
+    server = serve(hello_app, threads=2)
+    sock = socket.create_connection(("127.0.0.1", server.port), timeout=10)
+    keepalive = socket.create_connection(("127.0.0.1", server.port), timeout=10)
+    try:
+        keepalive.sendall(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
+        assert keepalive.recv(4096).endswith(b"Hello, world!")  # now idle between requests
+        assert wait_for(lambda: len(server.server.connections) == 2)
+        stopper = threading.Thread(target=server.stop)
+        stopper.start()
+        assert wait_for(lambda: len(server.server.connections) == 1)  # the idle keep-alive one closed
+        sock.sendall(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
+        raw = read_until_close(sock)
+        assert raw.startswith(b"HTTP/1.1 200 OK") and b"Connection: close" in raw
+        assert raw.endswith(b"Hello, world!")
+        stopper.join(30)
+    finally:
+        sock.close()
+        keepalive.close()
+
+
+def test_keepalive_timeout_zero_means_no_keep_alive(serve: Any) -> None:
+    server = serve(hello_app, keepalive_timeout=0)
+    raw = raw_exchange(server.port, b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
+    assert b"Connection: close" in raw and raw.endswith(b"Hello, world!")

@@ -62,6 +62,7 @@ class HTTPConnection(asyncio.Protocol):
         "write_paused",
         "disconnected",
         "closing",
+        "draining",
         "reading_paused",
         "pending_error",
         "requests",
@@ -85,7 +86,8 @@ class HTTPConnection(asyncio.Protocol):
         self.receiving: Exchange | None = None  # whose body is arriving
         self.write_paused = False
         self.disconnected = False
-        self.closing = False
+        self.closing = False  # closed or closing: take no more bytes
+        self.draining = False  # graceful stop: answer what was sent, then close
         self.reading_paused = False
         self.pending_error: ProtocolError | None = None
         self.requests = 0
@@ -203,7 +205,12 @@ class HTTPConnection(asyncio.Protocol):
 
     def _start(self, ex: Exchange) -> None:
         request = ex.request
-        keep_alive = request.keep_alive and not self.closing and request.upgrade is None
+        keep_alive = (
+            request.keep_alive
+            and not self.draining
+            and request.upgrade is None
+            and self.config.keepalive_timeout != 0  # 0: no keep-alive, as in gunicorn
+        )
         environ = build_environ(
             self.template, request, ex.body.stream() if ex.body is not None else None, self.remote
         )
@@ -242,7 +249,7 @@ class HTTPConnection(asyncio.Protocol):
             return
         if self.queue and self.queue[0].runner is runner:
             del self.queue[0]
-        if abort or not keep_alive or self.closing:
+        if abort or not keep_alive or self.closing or (self.draining and not self.queue):
             self.close()
             return
         if self.queue:
@@ -293,9 +300,16 @@ class HTTPConnection(asyncio.Protocol):
             self.transport.close()
 
     def shutdown(self) -> None:
-        """Graceful stop: close if idle, else close after the response in flight."""
-        self.closing = True
-        if not self.queue or self.queue[0].runner is None:
+        """Graceful stop: never drop a request the client has sent.
+
+        An idle keep-alive connection is closed at once (clients know one may
+        close between requests). A new connection that has not delivered its
+        first request yet, or a request partly received, is answered first:
+        the head and body timers bound the wait, the graceful timeout the rest.
+        """
+        self.draining = True
+        between_requests = self.requests > 0 and (self.parser is None or self.parser.idle)
+        if not self.queue and between_requests:
             self.close()
 
     # -- timers -----------------------------------------------------------------
@@ -508,10 +522,6 @@ class Server:
         timeout = self.config.graceful_timeout if timeout is None else timeout
         for srv in self._servers:
             srv.close()
-        if self._watchdog is not None:
-            self._watchdog.cancel()
-        if self._sweeper is not None:
-            self._sweeper.cancel()
         for conn in list(self.connections):
             conn.shutdown()
         if self.connections:
@@ -524,6 +534,9 @@ class Server:
                     if conn.transport is not None:
                         conn.transport.abort()
                 await asyncio.sleep(0)
+        for handle in (self._watchdog, self._sweeper):
+            if handle is not None:
+                handle.cancel()
         for srv in self._servers:
             try:
                 await asyncio.wait_for(srv.wait_closed(), 1)

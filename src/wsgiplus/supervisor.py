@@ -72,28 +72,6 @@ class WorkerServer(Server):
                      os.getpid(), self.requests_done)
             self.on_max_requests()
 
-    async def shutdown(self, timeout: float | None = None) -> None:
-        """Stop accepting, then give connections accepted a moment ago time to deliver their
-        first request before the graceful close: closing them unanswered would lose a request
-        the client already sent (bounded by ``FIRST_REQUEST_GRACE`` and ``header_timeout``)."""
-        for srv in self._servers:
-            srv.close()
-        limit = min(FIRST_REQUEST_GRACE, self.config.header_timeout or FIRST_REQUEST_GRACE,
-                    self.config.graceful_timeout if timeout is None else timeout)
-        deadline = self.loop.time() + limit
-        while self.loop.time() < deadline and any(_awaiting_first_request(c) for c in self.connections):
-            await asyncio.sleep(0.01)
-        await super().shutdown(timeout)
-
-
-FIRST_REQUEST_GRACE = 2.0
-
-
-def _awaiting_first_request(conn: Any) -> bool:
-    if conn.disconnected or conn.closing or conn.requests:
-        return False
-    return not conn.queue or conn.queue[0].runner is None
-
 
 def load_app(config: Config) -> Callable[..., Any]:
     """The WSGI app named by ``config.app`` (imported now), or the callable given."""
