@@ -172,7 +172,7 @@ class Bridge:
         if not asyncio.iscoroutine(coro):
             raise TypeError(f"bridge.run() takes a coroutine, not {type(coro).__name__}")
         if timeout is not None:
-            coro = asyncio.wait_for(coro, timeout)
+            coro = _bounded(coro, timeout)
         # run_coroutine_threadsafe creates the task in a copy of *this* thread's
         # context (call_soon_threadsafe captures it), so contextvars follow.
         return asyncio.run_coroutine_threadsafe(coro, self.get_loop())
@@ -229,6 +229,14 @@ class Bridge:
         """
         children: list[Any] = [self.run(a) if asyncio.iscoroutine(a) else a for a in aws]
         return fan_in(children, return_exceptions=return_exceptions)
+
+
+async def _bounded(coro: Coroutine[Any, Any, T], timeout: float) -> T:
+    """``wait_for`` that fails with the builtin ``TimeoutError`` on every Python (3.10's differs)."""
+    try:
+        return await asyncio.wait_for(coro, timeout)
+    except asyncio.TimeoutError as exc:
+        raise TimeoutError(f"coroutine did not finish within {timeout}s") from exc
 
 
 def _new_loop(kind: str) -> asyncio.AbstractEventLoop:
