@@ -176,3 +176,25 @@ def test_keepalive_timeout_zero_means_no_keep_alive(serve: Any) -> None:
     server = serve(hello_app, keepalive_timeout=0)
     raw = raw_exchange(server.port, b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
     assert b"Connection: close" in raw and raw.endswith(b"Hello, world!")
+
+
+@pytest.mark.parametrize(
+    "request_bytes, status, logged",
+    [
+        (b"GET /" + b"a" * 300 + b" HTTP/1.1\r\nHost: t\r\n\r\n", 414, "414 request target too long"),
+        (b"GET / HTTP/1.1\r\nHost: t\r\n" + b"".join(b"X-%d: v\r\n" % i for i in range(20)) + b"\r\n",
+         431, "431 too many header fields"),
+        (b"GET / HTTP/1.1\r\nHost: t\r\nX-Big: " + b"v" * 400 + b"\r\n\r\n", 431, "431 header field too large"),
+        (b"POST / HTTP/1.1\r\nHost: t\r\nContent-Length: 99999\r\n\r\n", 413, "413 request body too large"),
+        (b"GET / HTTP/1.1\r\nHost: t\r\n", 408, "request head timeout"),
+        (b"POST / HTTP/1.1\r\nHost: t\r\nContent-Length: 10\r\n\r\nabc", 408, "request body timeout"),
+    ],
+)
+def test_each_limit_gets_its_status_and_a_log_line(serve: Any, caplog: Any, request_bytes: bytes,
+                                                   status: int, logged: str) -> None:
+    server = serve(hello_app, max_request_line=200, max_header_count=10, max_header_size=300,
+                   max_body_size=1000, header_timeout=0.3, body_timeout=0.3)
+    with caplog.at_level(logging.INFO, logger="wsgiplus.error"):
+        raw = raw_exchange(server.port, request_bytes, timeout=10)
+        assert raw.startswith(b"HTTP/1.1 %d " % status)
+        assert wait_for(lambda: logged in caplog.text, timeout=5), caplog.text
