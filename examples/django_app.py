@@ -95,4 +95,7 @@ connection.close()
 
 from django.core.wsgi import get_wsgi_application  # noqa: E402
 
-application = get_wsgi_application()
+from wsgiplus.compat import portable  # noqa: E402
+
+# portable: on a plain WSGI server (gunicorn, waitress) the futures are waited for in place
+application = portable(get_wsgi_application())

@@ -141,6 +141,25 @@ def test_feed_long_poll_and_pause_output_everywhere(kind: str) -> None:
     assert "id: 1\ndata: hello\n\n" in stream
 
 
+@pytest.mark.parametrize("kind", ["waitress", "gunicorn-gthread", "wsgiplus"])
+def test_flask_and_django_examples_on_threaded_servers(kind: str, tmp_path: Path) -> None:
+    from test_examples import request
+
+    with server(kind, "examples.flask_app:app", {}) as port:
+        status, _, body = asyncio.run(request(port, "GET", "/hello/ann?ms=10"))
+        assert status == 200 and json.loads(body)["hello"] == "ann"
+        assert asyncio.run(request(port, "GET", "/square/7"))[2] == b"7^2 = 49\n"
+    env = {"DJANGO_EXAMPLE_DB": str(tmp_path / "orders.sqlite3")}
+    with server(kind, "examples.django_app:application", env) as port:
+        async def orders() -> list[tuple[int, dict[str, str], bytes]]:
+            return await asyncio.gather(*(request(port, "POST", f"/orders/s{i}") for i in range(3)))
+
+        created = asyncio.run(orders())
+        assert sorted(json.loads(b)["price"] for _, _, b in created) == [102, 102, 102]
+        listing = json.loads(asyncio.run(request(port, "GET", "/orders"))[2])["orders"]
+    assert sorted((o["sku"], o["state"]) for o in listing) == [(f"s{i}", "priced") for i in range(3)]
+
+
 def test_control_without_the_shim_a_plain_server_breaks() -> None:
     """The same aggregator, unwrapped (``app.__wrapped__``), on wsgiref: the future is not bytes."""
     from test_examples import request
