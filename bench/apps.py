@@ -27,6 +27,10 @@ WAIT = float(os.environ.get("BENCH_WAIT", "15"))
 STREAM_BYTES = int(os.environ.get("BENCH_STREAM_BYTES", str(1 << 30)))
 SSE_EVENTS = int(os.environ.get("BENCH_SSE_EVENTS", "50"))
 SSE_INTERVAL = 0.1
+if os.environ.get("BENCH_SWITCH_INTERVAL"):  # GIL hand-off experiments (bench/profile.py)
+    import sys
+
+    sys.setswitchinterval(float(os.environ["BENCH_SWITCH_INTERVAL"]))
 
 
 def hello(environ: dict[str, Any], start_response: StartResponse) -> list[bytes]:

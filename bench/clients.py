@@ -145,6 +145,24 @@ def stream(port: int, path: str, timeout: float) -> dict:
     return {"bytes": total, "seconds": round(secs, 4), "mb_s": round(total / secs / 1e6, 1), "complete": complete}
 
 
+def slow_reader(port: int, rate: int, duration: float) -> dict:
+    """Read a big response at ``rate`` bytes/s for ``duration`` s: a server must not buffer the rest."""
+    sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+    sock.sendall(b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+    t0 = time.monotonic()
+    total = 0
+    step = 0.02
+    while time.monotonic() - t0 < duration:
+        data = sock.recv(max(1, int(rate * step)))
+        if not data:
+            break
+        total += len(data)
+        time.sleep(step)
+    sock.close()
+    return {"slow_bytes": total, "slow_seconds": round(time.monotonic() - t0, 2)}
+
+
 # -- sse: many listeners --------------------------------------------------------------
 
 
@@ -205,6 +223,10 @@ def main() -> None:
     a.add_argument("port", type=int)
     a.add_argument("--path", default="/")
     a.add_argument("--timeout", type=float, default=60)
+    a = sub.add_parser("slow-reader")
+    a.add_argument("port", type=int)
+    a.add_argument("--rate", type=int, default=2_000_000)
+    a.add_argument("--duration", type=float, default=4)
     a = sub.add_parser("sse")
     a.add_argument("port", type=int)
     a.add_argument("n", type=int)
@@ -222,6 +244,8 @@ def main() -> None:
         out = asyncio.run(slow(args.port, args.n, args.duration, args.interval))
     elif args.cmd == "stream":
         out = stream(args.port, args.path, args.timeout)
+    elif args.cmd == "slow-reader":
+        out = slow_reader(args.port, args.rate, args.duration)
     else:
         out = asyncio.run(sse(args.port, args.n, args.duration))
     print("BENCHJSON " + json.dumps(out), flush=True)

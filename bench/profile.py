@@ -55,8 +55,14 @@ def _ticks(pid: int) -> int:
     return int(fields[11]) + int(fields[12])
 
 
+def _env() -> dict[str, str]:
+    """This checkout's bench/ importable; a PYTHONPATH given by the caller (a snapshot's src) kept first."""
+    extra = os.environ.get("PYTHONPATH", "")
+    return dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in (extra, str(ROOT)) if p))
+
+
 def cpu(app: str, seconds: float, threads: int, rate: int, top: int) -> None:
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    env = _env()
     procs: list[subprocess.Popen] = []
     connections, path = 50, "/"
     try:
@@ -139,7 +145,7 @@ def memory(n: int, top: int) -> None:
         tracemalloc.start(1)
         before = tracemalloc.take_snapshot()
         client = subprocess.Popen([sys.executable, "-m", "bench.clients", "idle", str(srv.port), str(n), "25"],
-                                  cwd=ROOT, env=dict(os.environ, PYTHONPATH=str(ROOT)), stdout=subprocess.DEVNULL)
+                                  cwd=ROOT, env=_env(), stdout=subprocess.DEVNULL)
         deadline = time.monotonic() + 20
         while entered[0] < n and time.monotonic() < deadline:
             time.sleep(0.1)

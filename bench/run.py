@@ -448,11 +448,43 @@ class Bench:
                       f"complete {res.get('complete')} cpu {res['cpu_s']:.2f}s rss {res['rss_kb'] / 1024:.1f} MB",
                       flush=True)
                 runs[kind.name].append(res)
+        slow = self.slow_reader(env)
         if self.nginx:
             runs["nginx"] = self.nginx_runs(lambda port: run_load(
                 [PY, "-m", "bench.clients", "stream", str(port), "--path", "/big", "--timeout", "60"], 90),
                 size=size)
-        self.results["stream"] = {"bytes": size, "runs": runs}
+        self.results["stream"] = {"bytes": size, "runs": runs, "slow_reader": slow}
+
+    def slow_reader(self, env: dict[str, str]) -> dict[str, dict[str, Any]]:
+        """One client reading the big response at 2 MB/s: server RSS must stay flat."""
+        out: dict[str, dict[str, Any]] = {}
+        duration = 3.0 if self.quick else 5.0
+        for kind in self.servers:
+            started = self.start(kind, "stream", env)
+            if started is None:
+                out[kind.name] = {"error": "did not start"}
+                continue
+            srv, port = started
+            try:
+                client = subprocess.Popen([PY, "-m", "bench.clients", "slow-reader", str(port), "--duration",
+                                           str(duration)], cwd=ROOT, env=self.env(), stdout=subprocess.PIPE, text=True)
+                time.sleep(1.0)
+                at_1s = memory_kb(srv.pid, "VmRSS")
+                peak = at_1s
+                while client.poll() is None:
+                    peak = max(peak, memory_kb(srv.pid, "VmRSS"))
+                    time.sleep(0.2)
+                res: dict[str, Any] = {}
+                for line in client.communicate()[0].splitlines():
+                    if line.startswith("BENCHJSON "):
+                        res = json.loads(line[10:])
+                res.update(rss_1s_kb=at_1s, rss_peak_kb=peak, growth_kb=peak - at_1s)
+            finally:
+                srv.stop()
+            print(f"  [slow reader] {kind.name:18s} RSS at 1 s {at_1s / 1024:.1f} MB, peak {peak / 1024:.1f} MB "
+                  f"(+{(peak - at_1s) / 1024:.1f} MB), read {res.get('slow_bytes', 0) / 1e6:.1f} MB", flush=True)
+            out[kind.name] = res
+        return out
 
     def sse(self) -> None:
         events = 30 if self.quick else 50
