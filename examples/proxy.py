@@ -7,9 +7,12 @@ thread: 4 threads serve hundreds of requests in flight. The same app also
 runs (one request per thread) on wsgiref, waitress or gunicorn, thanks to
 ``portable``. The heart of it is three lines:
 
-    fut = bridge.run(forward(...))
+    fut = bridge.run(upstream.start(...))
     yield fut
-    status, headers, body = fut.result()
+    status, reason, headers, body, done = fut.result()
+
+Small answers take that one suspension; large ones are relayed 64 KiB at a
+time, one suspension each, so a proxied download never sits whole in memory.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from wsgiplus.compat import portable
 
 UPSTREAM = os.environ.get("UPSTREAM", "http://127.0.0.1:8001").rstrip("/")
 
+# not forwarded either way (content-length is re-added from the upstream's answer)
 HOP_BY_HOP = {"connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te",
               "trailer", "trailers", "transfer-encoding", "upgrade", "host", "content-length"}
 
@@ -49,17 +53,47 @@ def request_headers(environ: dict[str, Any]) -> list[tuple[str, str]]:
     return headers
 
 
-async def forward(method: str, url: str, headers: list[tuple[str, str]],
-                  body: bytes) -> tuple[int, str, list[tuple[str, str]], bytes]:
-    """Runs on the bridge loop: send upstream, read the raw (still encoded) answer."""
-    req = client.build_request(method, url, headers=headers, content=body or None)
-    resp = await client.send(req, stream=True)
-    try:
-        raw = b"".join([chunk async for chunk in resp.aiter_raw()])
-    finally:
-        await resp.aclose()
-    out = [(k, v) for k, v in resp.headers.multi_items() if k.lower() not in HOP_BY_HOP]
-    return resp.status_code, resp.reason_phrase, out, raw
+CHUNK = 64 * 1024
+
+
+class Upstream:
+    """One upstream response being relayed; every method is a coroutine for the bridge loop."""
+
+    def __init__(self) -> None:
+        self.resp: httpx.Response | None = None
+        self.raw: Any = None
+
+    async def start(self, method: str, url: str, headers: list[tuple[str, str]],
+                    body: bytes) -> tuple[int, str, list[tuple[str, str]], bytes, bool]:
+        """Send upstream; return the head and up to CHUNK bytes of the (still encoded) body.
+
+        A small answer is complete after this one suspension; a large one is relayed
+        CHUNK by CHUNK by ``more()``, so a proxied download never sits whole in memory.
+        """
+        req = client.build_request(method, url, headers=headers, content=body or None)
+        self.resp = await client.send(req, stream=True)
+        self.raw = self.resp.aiter_raw()
+        head = [(k, v) for k, v in self.resp.headers.multi_items() if k.lower() not in HOP_BY_HOP]
+        length = self.resp.headers.get("content-length")
+        if length is not None:
+            head.append(("Content-Length", length))
+        first, done = await self.more()
+        return self.resp.status_code, self.resp.reason_phrase, head, first, done
+
+    async def more(self) -> tuple[bytes, bool]:
+        """The next up to CHUNK bytes, and whether the body is finished."""
+        buf = bytearray()
+        while len(buf) < CHUNK:
+            try:
+                buf += await self.raw.__anext__()
+            except StopAsyncIteration:
+                await self.close()
+                return bytes(buf), True
+        return bytes(buf), False
+
+    async def close(self) -> None:
+        if self.resp is not None:
+            await self.resp.aclose()
 
 
 @portable
@@ -69,13 +103,23 @@ def app(environ: dict[str, Any], start_response: Any) -> Iterator[Any]:
     url = UPSTREAM + environ.get("SCRIPT_NAME", "") + environ.get("PATH_INFO", "/")
     if environ.get("QUERY_STRING"):
         url += "?" + environ["QUERY_STRING"]
-    fut = bridge.run(forward(environ["REQUEST_METHOD"], url, request_headers(environ), body))
+    upstream = Upstream()
+    fut = bridge.run(upstream.start(environ["REQUEST_METHOD"], url, request_headers(environ), body))
     yield fut
     try:
-        status, reason, headers, content = fut.result()
+        status, reason, headers, chunk, done = fut.result()
     except httpx.HTTPError as exc:
         start_response("502 Bad Gateway", [("Content-Type", "text/plain")])
         yield f"upstream error: {type(exc).__name__}\n".encode()
         return
-    start_response(f"{status} {reason}", headers + [("Content-Length", str(len(content)))])
-    yield content
+    start_response(f"{status} {reason}", headers)
+    try:
+        yield chunk
+        while not done:
+            fut = bridge.run(upstream.more())
+            yield fut
+            chunk, done = fut.result()
+            yield chunk
+    finally:
+        if not done:  # the client left (or the upstream broke) mid-body: release the upstream
+            bridge.run(upstream.close())

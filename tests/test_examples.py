@@ -114,7 +114,10 @@ class Upstream:
                     await asyncio.sleep(self.delay)
                 finally:
                     c["inflight"] -= 1
-                body = json.dumps({"name": self.name, "target": target}).encode()
+                if target.startswith("/big/"):  # /big/N: N bytes of a known pattern
+                    body = pattern(int(target[5:]))
+                else:
+                    body = json.dumps({"name": self.name, "target": target}).encode()
                 writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
                              b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
                 await writer.drain()
@@ -130,6 +133,11 @@ class Upstream:
         asyncio.run_coroutine_threadsafe(close(), self.loop).result(10)
         if self._own:
             self.loop.call_soon_threadsafe(self.loop.stop)
+
+
+def pattern(n: int) -> bytes:
+    block = bytes(range(256)) * 64
+    return (block * (n // len(block) + 1))[:n]
 
 
 async def request(port: int, method: str, target: str, body: bytes = b"",
@@ -172,6 +180,20 @@ def test_proxy_500_concurrent_clients_on_4_threads() -> None:
         print(f"proxy: 500/500 ok, upstream max in flight {upstream.counter['max']}")
         assert upstream.counter["total"] == 500
         assert upstream.counter["max"] >= 400, upstream.counter
+    finally:
+        upstream.stop()
+
+
+def test_proxy_relays_a_large_body_in_chunks() -> None:
+    upstream = Upstream("big").start()
+    try:
+        with example("examples.proxy:app", threads=2, env={"UPSTREAM": upstream.url}) as port:
+            async def main() -> list[tuple[int, dict[str, str], bytes]]:
+                return await asyncio.gather(*(request(port, "GET", f"/big/{n}") for n in (0, 65536, 3_000_001)))
+
+            results = asyncio.run(main())
+        for (status, headers, body), n in zip(results, (0, 65536, 3_000_001), strict=True):
+            assert status == 200 and headers["content-length"] == str(n) and body == pattern(n)
     finally:
         upstream.stop()
 
