@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 import threading
+import time
 from concurrent.futures import CancelledError, Future
 from pathlib import Path
 from typing import Any
@@ -180,7 +181,13 @@ def test_a_forked_child_gets_its_own_loop(fresh: Bridge) -> None:
         finally:
             os._exit(0)
     os.close(w)
-    os.waitpid(pid, 0)
+    for _ in range(300):  # bounded: a stuck child is killed, not waited for
+        if os.waitpid(pid, os.WNOHANG)[0] == pid:
+            break
+        time.sleep(0.05)
+    else:
+        os.kill(pid, 9)
+        os.waitpid(pid, 0)
     with os.fdopen(r, "rb") as f:
         assert f.read() == b"100"
 

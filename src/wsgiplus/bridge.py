@@ -33,6 +33,7 @@ import contextvars
 import logging
 import os
 import threading
+import weakref
 from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from typing import Any, TypeVar
 
@@ -73,6 +74,10 @@ class Bridge:
         self._executor: concurrent.futures.ThreadPoolExecutor | None = None
         self._hooks: list[Callable[[], Any]] = []
         self._pid = os.getpid()
+        if hasattr(os, "register_at_fork"):
+            # at once in the child: a lock held by a parent thread at fork time stays held there
+            ref = weakref.ref(self)
+            os.register_at_fork(after_in_child=lambda: (b := ref()) is not None and b._after_fork())
 
     # -- lifecycle ---------------------------------------------------------------
 
