@@ -246,17 +246,19 @@ class SuspendingResponse(StreamingHttpResponse):
                         item = self.make_bytes(item)
                 yield item
         finally:
-            with conns.installed():
-                if not finished:
-                    close = getattr(source, "close", None)
-                    try:
-                        if close is not None:
-                            close()  # the view's generator, while its connection is installed
-                    finally:
-                        _exit_blocks(blocks, RuntimeError("response not completed: rolled back"))
-            conns.close()
-            for lock, turn in turns:
-                lock.abandon(turn)
+            try:
+                with conns.installed():
+                    if not finished:
+                        close = getattr(source, "close", None)
+                        try:
+                            if close is not None:
+                                close()  # the view's generator, while its connection is installed
+                        finally:
+                            _exit_blocks(blocks, RuntimeError("response not completed: rolled back"))
+            finally:  # whatever failed above, the connections and the writer turn are given back
+                conns.close()
+                for lock, turn in turns:
+                    lock.abandon(turn)
 
 
 def _exit_blocks(blocks: list[Any], error: BaseException | None) -> None:
