@@ -239,8 +239,8 @@ class SuspendingResponse(StreamingHttpResponse):
                     try:
                         item = next(source)
                     except StopIteration:
+                        _exit_blocks(blocks, None)  # commit; a failure leaves the rest to roll back
                         finished = True
-                        _exit_blocks(blocks, None)
                         break
                     if not is_future(item):
                         item = self.make_bytes(item)
