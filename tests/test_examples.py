@@ -12,6 +12,7 @@ import contextlib
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 import threading
@@ -33,7 +34,7 @@ def example(spec: str, threads: int, env: dict[str, str] | None = None,
         [sys.executable, "-m", "wsgiplus", spec, "--bind", "127.0.0.1:0", "--threads", str(threads),
          "--no-access-log"],
         cwd=ROOT if cwd is None else cwd, env=dict(os.environ, PYTHONPATH=str(ROOT), **(env or {})),
-        stderr=subprocess.PIPE, text=True,
+        stderr=subprocess.PIPE, text=True, start_new_session=True,
     )
     log: list[str] = []
     try:
@@ -55,8 +56,10 @@ def example(spec: str, threads: int, env: dict[str, str] | None = None,
         try:
             proc.wait(10)
         except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(10)
+            pass
+        with contextlib.suppress(ProcessLookupError):  # anything it started goes too
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(10)
 
 
 class Upstream:

@@ -19,6 +19,7 @@ import contextlib
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 import threading
@@ -48,7 +49,7 @@ PORT_LINE = re.compile(r"(?:listening on |Serving on http://|Listening at: http:
 @contextlib.contextmanager
 def server(kind: str, spec: str, env: dict[str, str]) -> Iterator[int]:
     proc = subprocess.Popen(SERVERS[kind](spec), cwd=ROOT, stderr=subprocess.STDOUT, stdout=subprocess.PIPE,
-                            text=True, env=dict(os.environ, PYTHONPATH=f"{ROOT}{os.pathsep}{ROOT / 'src'}", **env))
+                            text=True, start_new_session=True, env=dict(os.environ, PYTHONPATH=f"{ROOT}{os.pathsep}{ROOT / 'src'}", **env))
     log: list[str] = []
     try:
         port = None
@@ -67,12 +68,19 @@ def server(kind: str, spec: str, env: dict[str, str]) -> Iterator[int]:
             _wait_until_served(port)
         yield port
     finally:
-        proc.terminate()
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(10)
+        stop_group(proc, 15)
+
+
+def stop_group(proc: subprocess.Popen[str], grace: float) -> None:
+    """SIGTERM the server, then SIGKILL its whole session: no worker outlives the test."""
+    proc.terminate()
+    try:
+        proc.wait(grace)
+    except subprocess.TimeoutExpired:
+        pass
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(10)
 
 
 def _wait_until_served(port: int) -> None:
