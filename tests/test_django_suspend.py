@@ -8,9 +8,11 @@ itself to check what was committed.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import re
+import signal
 import socket
 import sqlite3
 import subprocess
@@ -56,7 +58,7 @@ def django_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DjangoSe
     proc = subprocess.Popen(
         [sys.executable, "-m", "wsgiplus", "django_project.site:application",
          "--bind", "127.0.0.1:0", "--threads", "2", "--no-access-log"],
-        cwd=tmp, env=env, stderr=subprocess.PIPE, text=True,
+        cwd=tmp, env=env, stderr=subprocess.PIPE, text=True, start_new_session=True,
     )
     log: list[str] = []
     try:
@@ -84,7 +86,10 @@ def django_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DjangoSe
         try:
             proc.wait(10)
         except subprocess.TimeoutExpired:
-            proc.kill()
+            pass
+        with contextlib.suppress(ProcessLookupError):  # anything it started goes too
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(10)
 
 
 def get_all(urls: list[str], headers: dict[str, str] = IDENTITY) -> list[httpx.Response]:
