@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -72,7 +73,7 @@ class Upstream:
     def __init__(self, name: str, delay: float = 0.0, gate: int = 0, gate_timeout: float = 30.0,
                  shared: Upstream | None = None) -> None:
         self.name, self.delay, self.gate, self.gate_timeout = name, delay, gate, gate_timeout
-        self.counter = shared.counter if shared else {"inflight": 0, "max": 0, "total": 0}
+        self.counter = shared.counter if shared else {"inflight": 0, "max": 0, "total": 0, "aborted": 0}
         self.loop = shared.loop if shared else asyncio.new_event_loop()
         self.opened = shared.opened if shared else None
         self._own = shared is None
@@ -123,7 +124,11 @@ class Upstream:
                     body = json.dumps({"name": self.name, "target": target}).encode()
                 writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
                              b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
-                await writer.drain()
+                try:
+                    await writer.drain()
+                except ConnectionError:
+                    c["aborted"] += 1  # the peer closed before taking the whole answer
+                    raise
         except (asyncio.IncompleteReadError, ConnectionError):
             pass
         finally:
@@ -197,6 +202,25 @@ def test_proxy_relays_a_large_body_in_chunks() -> None:
             results = asyncio.run(main())
         for (status, headers, body), n in zip(results, (0, 65536, 3_000_001), strict=True):
             assert status == 200 and headers["content-length"] == str(n) and body == pattern(n)
+    finally:
+        upstream.stop()
+
+
+def test_proxy_client_leaving_mid_body_closes_the_upstream_response() -> None:
+    upstream = Upstream("big").start()
+    try:
+        with example("examples.proxy:app", threads=2, env={"UPSTREAM": upstream.url}) as port:
+            import socket
+
+            sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+            sock.sendall(b"GET /big/30000000 HTTP/1.1\r\nHost: t\r\n\r\n")
+            got = 0
+            while got < 1_000_000:
+                got += len(sock.recv(65536))
+            sock.close()  # 1 MB of 30 MB read: the proxy must drop the upstream response
+            assert wait_for(lambda: upstream.counter["aborted"] == 1)
+            # and it still serves
+            assert asyncio.run(request(port, "GET", "/big/10"))[2] == pattern(10)
     finally:
         upstream.stop()
 
