@@ -37,6 +37,8 @@ import weakref
 from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from typing import Any, TypeVar
 
+from .futures import Future
+
 log = logging.getLogger("wsgiplus.bridge")
 
 __all__ = [
@@ -52,7 +54,6 @@ __all__ = [
 ]
 
 T = TypeVar("T")
-Future = concurrent.futures.Future
 
 
 class Bridge:
@@ -178,9 +179,21 @@ class Bridge:
             raise TypeError(f"bridge.run() takes a coroutine, not {type(coro).__name__}")
         if timeout is not None:
             coro = _bounded(coro, timeout)
-        # run_coroutine_threadsafe creates the task in a copy of *this* thread's
-        # context (call_soon_threadsafe captures it), so contextvars follow.
-        return asyncio.run_coroutine_threadsafe(coro, self.get_loop())
+        loop = self.get_loop()
+        fut: Future[T] = Future()
+
+        def start() -> None:
+            # Runs in a copy of the caller's context (call_soon_threadsafe captures
+            # it) and the task copies that, so contextvars follow the coroutine.
+            if fut.cancelled():  # never marked running: cancel() must keep working
+                coro.close()
+                return
+            task = loop.create_task(coro)
+            task.add_done_callback(lambda t: _copy_outcome(t, fut))
+            fut.add_done_callback(lambda f: f.cancelled() and _call_soon(loop, task.cancel))
+
+        loop.call_soon_threadsafe(start)
+        return fut
 
     def sleep(self, seconds: float, result: T = None) -> Future[T]:  # type: ignore[assignment]
         """A future that completes with ``result`` after ``seconds``: a timer, not a thread."""
@@ -322,6 +335,30 @@ def _settle(fut: Future[Any], lock: threading.Lock, result: Any = None,
                 fut.set_result(result)
         except concurrent.futures.InvalidStateError:
             pass
+
+
+def _copy_outcome(task: asyncio.Future[Any], fut: Future[Any]) -> None:
+    """A finished task's outcome onto the future the app holds (unless cancelled meanwhile)."""
+    if fut.done():
+        return
+    if task.cancelled():
+        fut.cancel()
+        return
+    exc = task.exception()
+    try:
+        if exc is not None:
+            fut.set_exception(exc)
+        else:
+            fut.set_result(task.result())
+    except concurrent.futures.InvalidStateError:  # cancelled from another thread just now
+        pass
+
+
+def _call_soon(loop: asyncio.AbstractEventLoop, fn: Callable[[], Any]) -> None:
+    try:
+        loop.call_soon_threadsafe(fn)
+    except RuntimeError:  # the loop is closed: nothing left to cancel
+        pass
 
 
 def _resolve(fut: Future[Any], result: Any) -> None:
