@@ -247,3 +247,15 @@ def test_client_disconnect_cancels_the_bridged_coroutine(serve: Any) -> None:
     assert started.wait(10)
     sock.close()
     assert cancelled.wait(10)
+
+
+def test_sleeps_share_one_timer_and_finish_in_deadline_order(fresh: Bridge) -> None:
+    order: list[float] = []
+    futs = [fresh.sleep(d, d) for d in (0.15, 0.05, 0.1, 0.0)]
+    cancelled = fresh.sleep(0.02, "never")
+    assert cancelled.cancel()
+    for f in futs:
+        f.add_done_callback(lambda f: order.append(f.result()))
+    assert [f.result(10) for f in futs] == [0.15, 0.05, 0.1, 0.0]
+    assert order == [0.0, 0.05, 0.1, 0.15]
+    assert cancelled.cancelled()

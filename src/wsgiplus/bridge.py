@@ -30,6 +30,7 @@ import asyncio
 import atexit
 import concurrent.futures
 import contextvars
+import heapq
 import logging
 import os
 import threading
@@ -74,6 +75,7 @@ class Bridge:
         self._thread: threading.Thread | None = None
         self._executor: concurrent.futures.ThreadPoolExecutor | None = None
         self._hooks: list[Callable[[], Any]] = []
+        self._timers: _Timers | None = None  # sleeps of the current loop
         self._pid = os.getpid()
         if hasattr(os, "register_at_fork"):
             # at once in the child: a lock held by a parent thread at fork time stays held there
@@ -199,22 +201,10 @@ class Bridge:
         """A future that completes with ``result`` after ``seconds``: a timer, not a thread."""
         fut: Future[T] = Future()
         loop = self.get_loop()
-
-        def arm() -> None:
-            if fut.cancelled():
-                return
-            handle = loop.call_later(max(0.0, seconds), _resolve, fut, result)
-
-            def disarm(f: Future[Any]) -> None:
-                if f.cancelled():
-                    try:
-                        loop.call_soon_threadsafe(handle.cancel)
-                    except RuntimeError:  # the loop is closed
-                        pass
-
-            fut.add_done_callback(disarm)
-
-        loop.call_soon_threadsafe(arm)
+        timers = self._timers
+        if timers is None or timers.loop is not loop:
+            timers = self._timers = _Timers(loop)
+        loop.call_soon_threadsafe(timers.add, seconds, fut, result)
         return fut
 
     def offload(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> Future[T]:
@@ -359,6 +349,49 @@ def _call_soon(loop: asyncio.AbstractEventLoop, fn: Callable[[], Any]) -> None:
         loop.call_soon_threadsafe(fn)
     except RuntimeError:  # the loop is closed: nothing left to cancel
         pass
+
+
+class _Timers:
+    """All of a loop's sleeps on one heap and one TimerHandle.
+
+    A TimerHandle and a cancel callback per sleep cost ~800 bytes; a heap entry
+    ~100. A cancelled sleep stays on the heap until its time (then is skipped):
+    bounded by the sleep itself, and cheaper than finding it.
+    """
+
+    __slots__ = ("loop", "heap", "handle", "when", "seq")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.heap: list[tuple[float, int, Future[Any], Any]] = []
+        self.handle: asyncio.TimerHandle | None = None
+        self.when = 0.0
+        self.seq = 0
+
+    def add(self, seconds: float, fut: Future[Any], result: Any) -> None:
+        if fut.cancelled():
+            return
+        when = self.loop.time() + max(0.0, seconds)
+        self.seq += 1
+        heapq.heappush(self.heap, (when, self.seq, fut, result))
+        if self.handle is None or when < self.when:
+            self._arm(when)
+
+    def _arm(self, when: float) -> None:
+        if self.handle is not None:
+            self.handle.cancel()
+        self.when = when
+        self.handle = self.loop.call_at(when, self._fire)
+
+    def _fire(self) -> None:
+        self.handle = None
+        heap = self.heap
+        now = self.loop.time()
+        while heap and heap[0][0] <= now:
+            _, _, fut, result = heapq.heappop(heap)
+            _resolve(fut, result)
+        if heap:
+            self._arm(heap[0][0])
 
 
 def _resolve(fut: Future[Any], result: Any) -> None:
