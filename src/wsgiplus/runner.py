@@ -91,7 +91,6 @@ class Runner:
         "_affinity",
         "_home",
         "_on_finished",
-        "_post",
         "method",
         "http_version",
         "keep_alive",
@@ -148,7 +147,6 @@ class Runner:
         self._affinity = pool.affinity
         self._home: int | None = None  # the thread that started it, with affinity
         self._on_finished = on_finished
-        self._post = loop.call_soon_threadsafe
         self.method = method
         self.http_version = http_version
         self.keep_alive = keep_alive
@@ -251,7 +249,7 @@ class Runner:
 
     def _future_done_threadsafe(self, fut: Any) -> None:
         try:
-            self._post(self._on_future_done, fut)
+            self.loop.call_soon_threadsafe(self._on_future_done, fut)
         except RuntimeError:  # the loop is closed: the server is gone
             pass
 
@@ -378,11 +376,11 @@ class Runner:
         if self._home is None and self._affinity:
             self._home = self._pool.current_index()
         outcome, arg = self.context.run(self._step)
-        self._post(self._after_step, outcome, arg)
+        self.loop.call_soon_threadsafe(self._after_step, outcome, arg)
 
     def _run_close(self, reason: str) -> None:
         self.context.run(self._close_iterable)
-        self._post(self._stopped, reason)
+        self.loop.call_soon_threadsafe(self._stopped, reason)
 
     def _step(self) -> tuple[int, Any]:
         try:
@@ -466,7 +464,7 @@ class Runner:
         if self._out_size > OUTBOX_HIGH_WATER or self.sink.write_paused:
             event = threading.Event()
             self._write_ready = event
-            self._post(self._check_writable)
+            self.loop.call_soon_threadsafe(self._check_writable)
             event.wait()
             if self._stop_reason == "disconnect":
                 raise ConnectionResetError("client disconnected")
@@ -522,7 +520,7 @@ class Runner:
             if self._flush_posted or not self._out:
                 return
             self._flush_posted = True
-        self._post(self._flush)
+        self.loop.call_soon_threadsafe(self._flush)
 
     def _app_error(self, exc: BaseException) -> tuple[int, Any]:
         env = self.environ
@@ -570,7 +568,7 @@ class Runner:
                 self._parked = False
             if parked:
                 try:
-                    self._post(self._on_resume)
+                    self.loop.call_soon_threadsafe(self._on_resume)
                 except RuntimeError:
                     pass
 
