@@ -39,6 +39,7 @@ from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from typing import Any, TypeVar
 
 from .futures import Future
+from .server import new_event_loop
 
 log = logging.getLogger("wsgiplus.bridge")
 
@@ -97,7 +98,7 @@ class Bridge:
             return self._loop  # type: ignore[return-value]
 
     def _start(self) -> None:
-        loop = _new_loop(self.loop_kind)
+        loop = new_event_loop(self.loop_kind)
         ready = threading.Event()
 
         def main() -> None:
@@ -245,19 +246,6 @@ async def _bounded(coro: Coroutine[Any, Any, T], timeout: float) -> T:
         return await asyncio.wait_for(coro, timeout)
     except asyncio.TimeoutError as exc:
         raise TimeoutError(f"coroutine did not finish within {timeout}s") from exc
-
-
-def _new_loop(kind: str) -> asyncio.AbstractEventLoop:
-    """uvloop when installed (``auto``) or asked for (``uvloop``), else asyncio's (``asyncio``)."""
-    if kind in ("auto", "uvloop"):
-        try:
-            import uvloop
-        except ImportError:
-            if kind == "uvloop":
-                raise
-        else:
-            return uvloop.new_event_loop()
-    return asyncio.new_event_loop()
 
 
 def fan_in(children: Iterable[Any], return_exceptions: bool = False) -> Future[list[Any]]:

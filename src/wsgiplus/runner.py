@@ -473,43 +473,35 @@ class Runner:
 
     def _send(self, data: bytes) -> None:
         if self.head_sent:
-            chunk = self.framer.body(data)
+            self._push(self.framer.body(data))
         else:
-            if self.status is None:
-                raise AssertionError("the app sent body bytes before calling start_response")
-            head, self.framer = build_response(
-                self.method,
-                self.http_version,
-                self.keep_alive,
-                self.status,
-                self.headers,
-                self.server_header,
-                len(data) if self._single_chunk else None,
-            )
-            self.head_sent = True
-            chunk = head + self.framer.body(data)
-        if chunk:
-            with self._lock:
-                self._out.append(chunk)
-                self._out_size += len(chunk)
+            head = self._head(len(data) if self._single_chunk else None)
+            self._push(head + self.framer.body(data))
 
     def _end_body(self) -> None:
-        if not self.head_sent:
-            if self.status is None:
-                raise AssertionError("the app returned without calling start_response")
-            head, self.framer = build_response(
-                self.method,
-                self.http_version,
-                self.keep_alive,
-                self.status,
-                self.headers,
-                self.server_header,
-                None if self.method == "HEAD" else 0,
-            )
-            self.head_sent = True
-            chunk = head + self.framer.end()
+        if self.head_sent:
+            self._push(self.framer.end())
         else:
-            chunk = self.framer.end()
+            head = self._head(None if self.method == "HEAD" else 0)
+            self._push(head + self.framer.end())
+
+    def _head(self, known_length: int | None) -> bytes:
+        """Serialise the head from the app's status and headers (once, with the first bytes)."""
+        if self.status is None:
+            raise AssertionError("the app sent a body (or returned) before calling start_response")
+        head, self.framer = build_response(
+            self.method,
+            self.http_version,
+            self.keep_alive,
+            self.status,
+            self.headers,
+            self.server_header,
+            known_length,
+        )
+        self.head_sent = True
+        return head
+
+    def _push(self, chunk: bytes) -> None:
         if chunk:
             with self._lock:
                 self._out.append(chunk)
