@@ -263,7 +263,7 @@ def write(results: dict[str, Any], out: Path) -> None:
              target=(100 * d["events_per_client"], "ideal"))
     if "slow" in sc:
         data = sc["slow"]["data"]
-        lines += ["## slow clients: 200 clients send their request head 1 byte / 100 ms, 50 normal clients (wrk)", "",
+        lines += ["## slow clients: 200 clients send their request head 1 byte / 50 ms, 50 normal clients (wrk)", "",
                   meta("slow"), "",
                   "req/s is the normal clients'. *slow answered* = slow requests that got their response.", ""]
         lines += _wrk_table(data, labels, extra=[("slow answered", "slow_answered", "{:,.0f}")])
