@@ -271,7 +271,66 @@ def write(results: dict[str, Any], out: Path) -> None:
         names = list(data)
         _bar(out / "slow.png", "slow clients: normal clients' requests/s with 200 byte-by-byte senders", "req/s",
              names, [_vals(data[n], "rps") for n in names], labels)
+    targets: list[str] = []
     if checks:
-        lines += ["## Targets of issue 5", ""] + _table(["target", "measured (same run)", "status"],
-                                                         [c.strip("| ").split(" | ") for c in checks]) + [""]
+        targets = _table(["target", "measured (same run)", "status"], [c.strip("| ").split(" | ") for c in checks])
+        lines += ["## Targets of issue 5", ""] + targets + [""]
     (out / "results.md").write_text("\n".join(lines) + "\n")
+    doc = out.parent / "benchmarks.md"
+    if out.name == "benchmarks" and doc.exists():
+        _update_summary(doc, results, labels, targets)
+
+
+PEERS = ["wsgiplus", "waitress", "gunicorn-gthread", "gunicorn-gevent", "uvicorn-a2wsgi", "granian", "nginx"]
+START, END = "<!-- results:start (bench/report.py rewrites this part) -->", "<!-- results:end -->"
+
+
+def _update_summary(doc: Path, results: dict[str, Any], labels: dict[str, str], targets: list[str]) -> None:
+    """Rewrite the generated part of docs/benchmarks.md: headline figures and the targets."""
+    text = doc.read_text()
+    if START not in text or END not in text:
+        return
+    sc = results.get("scenarios", {})
+    dates = sorted({v["meta"]["date"] for v in sc.values()})
+    revs = sorted({v["meta"].get("wsgiplus_revision", "?") for v in sc.values()})
+    cmds = sorted({v["meta"]["command"] for v in sc.values()})
+    rows = []
+
+    def row(title: str, get: Any) -> None:
+        rows.append([title] + [get(n) for n in PEERS])
+
+    def wrk_get(name: str) -> Any:
+        return lambda n: _f(med(sc[name]["data"].get(n, []), "rps")) if n in sc[name]["data"] else "-"
+
+    if "hello" in sc:
+        row("hello, req/s", wrk_get("hello"))
+        row("hello, CPU us/req", lambda n: _f(med(sc["hello"]["data"].get(n, []), "cpu_us_per_req"))
+            if n in sc["hello"]["data"] else "-")
+    if "upstream" in sc:
+        row("upstream fan-in, req/s (limit 5,000)", wrk_get("upstream"))
+        row("upstream fan-in, peak RSS MB", lambda n: _f(med(sc["upstream"]["data"].get(n, []), "rss_kb"),
+                                                          "{:.0f}", 1 / 1024) if n in sc["upstream"]["data"] else "-")
+    if "idle" in sc:
+        runs = sc["idle"]["data"]["runs"]
+        row("idle: admitted of 10,000", lambda n: _f(runs.get(n, {}).get("10000", {}).get("admitted")))
+    if "stream" in sc:
+        sr = sc["stream"]["data"]["runs"]
+        row("stream 1 GB, MB/s", lambda n: _f(med(sr.get(n, []), "mb_s")) if n in sr else "-")
+    if "sse" in sc:
+        er = sc["sse"]["data"]["runs"]
+        row("SSE: events of 5,000", lambda n: _f(med(er.get(n, []), "events")) if n in er else "-")
+    if "slow" in sc:
+        row("slow clients: normal req/s", wrk_get("slow"))
+    body = [START, "", f"## Latest results ({', '.join(dates)})", "",
+            f"Machine: {results.get('machine', '?')}; WSGI+ at {', '.join(revs)}; command: "
+            + ", ".join(f"`{c}`" for c in cmds) + ". Medians of 3 runs (1 for idle); full tables with "
+            "ranges, latencies, CPU and memory: [benchmarks/results.md](benchmarks/results.md).", ""]
+    body += _table(["scenario"] + [labels.get(n, n) for n in PEERS], rows)
+    body += ["", "![hello](benchmarks/hello.png)", "![upstream](benchmarks/upstream.png)",
+             "![idle](benchmarks/idle.png)", ""]
+    if targets:
+        body += ["### Targets of issue 5 (same run)", ""] + targets + [""]
+    body.append(END)
+    head, _, rest = text.partition(START)
+    _, _, tail = rest.partition(END)
+    doc.write_text(head + "\n".join(body) + tail)
