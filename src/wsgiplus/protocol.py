@@ -24,8 +24,10 @@ __all__ = [
     "ProtocolError",
     "Request",
     "RequestParser",
+    "AppHead",
     "ResponseFramer",
     "build_response",
+    "encode_head",
     "error_response",
     "http_date",
 ]
@@ -361,37 +363,55 @@ class ResponseFramer:
         return b""
 
 
+class AppHead:
+    """The app's part of a response head, serialised once: status line and its own fields."""
+
+    __slots__ = ("lines", "status_code", "content_length")
+
+    def __init__(self, lines: bytes, status_code: int, content_length: int | None) -> None:
+        self.lines = lines
+        self.status_code = status_code
+        self.content_length = content_length
+
+
+def encode_head(status: str, headers: list[tuple[str, str]]) -> AppHead:
+    """Serialise a validated status and header list (no hop-by-hop, no CR/LF)."""
+    content_length = None
+    parts = ["HTTP/1.1 ", status, "\r\n"]
+    for name, value in headers:
+        if len(name) == 14 and name.lower() == "content-length":
+            content_length = int(value)
+        parts += (name, ": ", value, "\r\n")
+    return AppHead("".join(parts).encode("latin-1"), int(status[:3]), content_length)
+
+
 def build_response(
     method: str,
     http_version: str,
     keep_alive: bool,
-    status: str,
-    headers: list[tuple[str, str]],
+    status: str | AppHead,
+    headers: list[tuple[str, str]] | None = None,
     server_header: bytes | None = b"wsgiplus",
     known_length: int | None = None,
 ) -> tuple[bytes, ResponseFramer]:
     """Serialise a response head; return it with the framer for the body.
 
-    ``headers`` are the app's, already validated (no hop-by-hop, no CR/LF).
-    ``known_length`` is the whole body's size when the server knows it before
-    sending the head (a one-element list), so no chunked framing is needed.
+    ``status`` and ``headers`` are the app's, already validated, or an ``AppHead``
+    made from them. ``known_length`` is the whole body's size when the server
+    knows it before sending the head (a one-element list): no chunked framing.
     """
-    code = int(status[:3])
+    app = status if isinstance(status, AppHead) else encode_head(status, headers or [])
+    code = app.status_code
     no_body = method == "HEAD" or code in _NO_BODY_STATUS or code < 200
     framer = ResponseFramer(code, no_body, keep_alive)
-    content_length = None
-    lines = [b"HTTP/1.1 ", status.encode("latin-1"), b"\r\n"]
-    for name, value in headers:
-        if len(name) == 14 and name.lower() == "content-length":
-            content_length = int(value)  # validated by start_response
-        lines += (name.encode("latin-1"), b": ", value.encode("latin-1"), b"\r\n")
-    if content_length is not None:
-        framer.remaining = content_length
+    lines = [app.lines]
+    if app.content_length is not None:
+        framer.remaining = app.content_length
     elif code in _NO_BODY_STATUS or code < 200:
         pass
     elif known_length is not None:
         framer.remaining = known_length
-        lines += (b"Content-Length: ", str(known_length).encode(), b"\r\n")
+        lines.append(b"Content-Length: %d\r\n" % known_length)
     elif no_body:
         pass  # HEAD with an unknown length: say nothing rather than guess
     elif http_version == "1.1":
@@ -403,10 +423,11 @@ def build_response(
         lines += (b"Server: ", server_header, b"\r\n")
     lines += (b"Date: ", http_date(), b"\r\n")
     if not framer.keep_alive:
-        lines.append(b"Connection: close\r\n")
+        lines.append(b"Connection: close\r\n\r\n")
     elif http_version == "1.0":
-        lines.append(b"Connection: keep-alive\r\n")
-    lines.append(b"\r\n")
+        lines.append(b"Connection: keep-alive\r\n\r\n")
+    else:
+        lines.append(b"\r\n")
     return b"".join(lines), framer
 
 

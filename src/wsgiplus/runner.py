@@ -25,7 +25,7 @@ from collections.abc import Callable, Iterable
 from typing import Any, Protocol
 
 from .pool import ThreadPool
-from .protocol import ResponseFramer, build_response, error_response
+from .protocol import AppHead, ResponseFramer, build_response, encode_head, error_response
 from .wsgi import check_headers, check_status
 
 log = logging.getLogger("wsgiplus.error")
@@ -45,6 +45,30 @@ _STOPPED = 6  # closed early because of a disconnect or the deadline
 _PENDING, _RUNNING, _SUSPENDED, _DRAINING, _PAUSED, _CLOSING, _FINISHED = range(7)
 
 OUTBOX_HIGH_WATER = 256 * 1024
+
+# Apps send the same status and headers again and again: validate and encode
+# each distinct set once. Bounded; cleared when full.
+_HEADS: dict[tuple, AppHead] = {}
+_HEADS_MAX = 1024
+
+
+def app_head(status: str, headers: list[tuple[str, str]]) -> AppHead:
+    """Validate and serialise an app's status and headers, from the cache when seen before."""
+    key = None
+    if type(headers) is list:
+        try:
+            key = (status, *headers)
+            hit = _HEADS.get(key)
+        except TypeError:  # unhashable items: let the checks say what is wrong
+            key = hit = None
+        if hit is not None:
+            return hit
+    head = encode_head(check_status(status), check_headers(headers))
+    if key is not None:
+        if len(_HEADS) >= _HEADS_MAX:
+            _HEADS.clear()
+        _HEADS[key] = head
+    return head
 
 # why a request was stopped early, and what the client gets if its head is not sent yet
 _STOP_STATUS = {
@@ -103,6 +127,7 @@ class Runner:
         "started_at",
         "status",
         "headers",
+        "_app_head",
         "head_sent",
         "framer",
         "_iterable",
@@ -160,6 +185,7 @@ class Runner:
         # app side (pool threads, one at a time)
         self.status: str | None = None
         self.headers: list[tuple[str, str]] = []
+        self._app_head: AppHead | None = None
         self.head_sent = False
         self.framer: ResponseFramer | None = None
         self._iterable: Iterable[Any] | None = None
@@ -448,8 +474,9 @@ class Runner:
                 exc_info = None
         elif self.status is not None:
             raise AssertionError("start_response called a second time without exc_info")
-        self.status = check_status(status)
-        self.headers = check_headers(headers)
+        self._app_head = app_head(status, headers)
+        self.status = status
+        self.headers = headers
         return self._write
 
     def _write(self, data: bytes) -> None:
@@ -493,8 +520,8 @@ class Runner:
             self.method,
             self.http_version,
             self.keep_alive,
-            self.status,
-            self.headers,
+            self._app_head,
+            None,
             self.server_header,
             known_length,
         )
