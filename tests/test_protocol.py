@@ -162,3 +162,15 @@ def test_response_framing() -> None:
     assert b"chunked" not in head and b"Content-Length" not in head
     head, framer = build_response("GET", "1.1", True, "200 OK", [], known_length=5)
     assert b"Content-Length: 5\r\n" in head
+
+
+def test_parser_reuse_only_after_a_keep_alive_message() -> None:
+    parser = RequestParser()
+    parser.feed(b"GET / HTTP/1.1\r\nHost: h\r\n\r\n")
+    assert parser.reusable
+    assert isinstance(parser.feed(b"GET /2 HTTP/1.1\r\nHost: h\r\n\r\n")[0], Request)
+    parser.feed(b"GET / HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n")
+    assert parser.idle and not parser.reusable  # llhttp takes no data after a close
+    half = RequestParser()
+    half.feed(b"GET / HTTP/1.1\r\nHo")
+    assert not half.idle and not half.reusable

@@ -160,10 +160,16 @@ class RequestParser:
         self._headers: list[tuple[bytes, bytes]] = []
         self._in_head = False
         self._in_message = False
+        self._keep_alive = True
         self._head_bytes = 0
         self._body_bytes = 0
         self.finished = False  # error or upgrade: no more HTTP on this connection
         self.upgraded_data: bytes | None = None
+
+    @property
+    def reusable(self) -> bool:
+        """Idle after a keep-alive message: llhttp refuses data after a close."""
+        return self.idle and not self.finished and self._keep_alive
 
     @property
     def idle(self) -> bool:
@@ -282,13 +288,17 @@ class RequestParser:
                 query,
                 version,
                 self._headers,
-                parser.should_keep_alive(),
+                self._note_keep_alive(parser.should_keep_alive()),
                 expect_continue,
                 content_length,
                 chunked,
                 upgrade,
             )
         )
+
+    def _note_keep_alive(self, keep_alive: bool) -> bool:
+        self._keep_alive = keep_alive
+        return keep_alive
 
     def on_body(self, body: bytes) -> None:
         self._body_bytes += len(body)

@@ -131,7 +131,7 @@ class HTTPConnection(asyncio.Protocol):
             self._set_timer(self.config.header_timeout, self._on_header_timeout)
         parser = self.parser
         if parser is None:
-            parser = self.parser = RequestParser(self.server.limits)
+            parser = self.parser = self.server.take_parser()
         try:
             events = parser.feed(data)
         except ProtocolError as exc:
@@ -144,9 +144,10 @@ class HTTPConnection(asyncio.Protocol):
             if self.receiving.body is not None:
                 self._set_timer(self.config.body_timeout, self._on_body_timeout)
         elif parser.idle and not parser.finished:
-            # Between requests the parser holds nothing: drop it (~1 KB) so a long
-            # suspended request keeps less; the next bytes get a fresh one (1.4 us).
+            # Between requests the parser holds nothing: hand it back (~1 KB less
+            # for a long suspended request); the next bytes take one from the pool.
             self.parser = None
+            self.server.give_parser(parser)
 
     def eof_received(self) -> bool | None:
         # A client that half-closes is treated as gone (as waitress does): the
@@ -416,6 +417,7 @@ class Server:
         self._watchdog: asyncio.TimerHandle | None = None
         self._sweeper: asyncio.TimerHandle | None = None
         self._sweep_every = 1.0
+        self._spare_parsers: list[RequestParser] = []
         self._warned: set[tuple[int, float]] = set()
 
     @property
@@ -468,6 +470,16 @@ class Server:
             host, port = "localhost", ""
         scheme = "https" if tls else self.config.url_scheme
         return environ_template(host, port, scheme, self.config.root_path, multiprocess)
+
+    def take_parser(self) -> RequestParser:
+        """A parser at the start of a message: a spare one, else a new one."""
+        spare = self._spare_parsers
+        return spare.pop() if spare else RequestParser(self.limits)
+
+    def give_parser(self, parser: RequestParser) -> None:
+        """Keep an idle parser for the next request, if it can parse another message."""
+        if parser.reusable and len(self._spare_parsers) < 256:
+            self._spare_parsers.append(parser)
 
     def access(self, conn: HTTPConnection, runner: Runner) -> None:
         """Called once per finished request: the access log line."""
