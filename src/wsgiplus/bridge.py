@@ -17,7 +17,8 @@ test with no server at all. The loop stops at interpreter exit (or on
 ``shutdown()``), after running the ``on_shutdown`` hooks, e.g. closing an
 ``httpx.AsyncClient``; a forked child starts its own loop on first use.
 
-Every function returns a ``concurrent.futures.Future``: thread-safe,
+Every function returns a ``concurrent.futures.Future`` (a lighter subclass,
+``wsgiplus.futures.Future``, for ``run``/``sleep``/``gather``): thread-safe,
 cancellable, and ``cancel()`` reaches the coroutine (the server cancels the
 future a request waits on when its client disconnects). Coroutines, offloaded
 calls and their children see the caller's contextvars (a copy, as asyncio
