@@ -203,7 +203,7 @@ def write(results: dict[str, Any], out: Path) -> None:
             checks.append(f"| idle: all 10,000 admitted (8 threads) | {adm:,} admitted | "
                           f"{'met' if adm >= 10000 else 'NOT met'} |")
             if kb is not None:
-                checks.append(f"| idle: <= 5 KB RSS per suspended request | {kb:.1f} KB | "
+                checks.append(f"| idle: <= 5 KB RSS per suspended request | {kb:.2f} KB | "
                               f"{'met' if kb <= 5 else 'NOT met'} |")
     if "stream" in sc:
         d = sc["stream"]["data"]
