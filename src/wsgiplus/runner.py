@@ -195,7 +195,7 @@ class Runner:
         self._closed = False
         # shared between pool threads and the loop
         self._lock = threading.Lock()
-        self._out: list[bytes] = []
+        self._out: list[bytes] | None = None  # made with the first chunk: most waits have none
         self._out_size = 0
         self._flush_posted = False
         self._stop_reason: str | None = None  # "disconnect" or "deadline", set by the loop
@@ -382,7 +382,7 @@ class Runner:
     def _flush(self) -> None:
         with self._lock:
             out = self._out
-            self._out = []
+            self._out = None
             self._out_size = 0
             self._flush_posted = False
         if out and not self.sink.disconnected:
@@ -531,7 +531,11 @@ class Runner:
     def _push(self, chunk: bytes) -> None:
         if chunk:
             with self._lock:
-                self._out.append(chunk)
+                out = self._out
+                if out is None:
+                    self._out = [chunk]
+                else:
+                    out.append(chunk)
                 self._out_size += len(chunk)
 
     def _post_flush(self) -> None:
@@ -554,8 +558,7 @@ class Runner:
         if self.head_sent:
             return _ABORT, None
         self.status = "500 Internal Server Error"
-        with self._lock:
-            self._out.append(error_response(500))
+        self._push(error_response(500))
         return _FAILED, None
 
     def _close_iterable(self) -> None:
