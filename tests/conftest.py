@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
+import re
+import signal
 import socket
+import subprocess
+import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -103,3 +110,52 @@ def dechunk(body: bytes) -> bytes:
         out.append(rest[:size])
         body = rest[size + 2 :]
     return b"".join(out)
+
+
+class CLIServer:
+    """A ``python -m wsgiplus`` subprocess: its port, its log (stderr lines) and the process."""
+
+    def __init__(self, port: int, log: list[str], proc: Any) -> None:
+        self.port, self.log, self.proc = port, log, proc
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+
+@contextlib.contextmanager
+def cli_server(args: list[str], cwd: Any, env: dict[str, str] | None = None,
+               timeout: float = 30.0) -> Iterator[CLIServer]:
+    """Run ``python -m wsgiplus ARGS --bind 127.0.0.1:0`` in its own session, bounded.
+
+    Yields once the server logs its port; its stderr keeps being collected in
+    ``log``. Everything the process started is killed afterwards.
+    """
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "wsgiplus", *args, "--bind", "127.0.0.1:0"],
+        cwd=cwd, env=env, stderr=subprocess.PIPE, text=True, start_new_session=True,
+    )
+    log: list[str] = []
+    try:
+        port = None
+        deadline = time.monotonic() + timeout
+        while port is None and time.monotonic() < deadline:
+            line = proc.stderr.readline()
+            if not line:
+                break
+            log.append(line)
+            m = re.search(r"listening on 127\.0\.0\.1:(\d+)", line)
+            if m:
+                port = int(m.group(1))
+        assert port, "the server did not start:\n" + "".join(log)
+        threading.Thread(target=lambda: log.extend(proc.stderr), daemon=True).start()
+        yield CLIServer(port, log, proc)
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            pass
+        with contextlib.suppress(ProcessLookupError):  # anything it started goes too
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(10)

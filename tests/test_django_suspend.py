@@ -8,24 +8,19 @@ itself to check what was committed.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import os
 import re
-import signal
 import socket
 import sqlite3
 import subprocess
-import sys
-import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-from conftest import wait_for
+from conftest import cli_server, wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
 IDENTITY = {"Accept-Encoding": "identity"}  # GZipMiddleware would otherwise wrap the body
@@ -55,41 +50,9 @@ def django_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DjangoSe
     db = tmp / "db.sqlite3"
     env = dict(os.environ, PYTHONPATH=f"{ROOT / 'tests'}{os.pathsep}{ROOT / 'src'}",
                DJANGO_PROJECT_DB=str(db))
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "wsgiplus", "django_project.site:application",
-         "--bind", "127.0.0.1:0", "--threads", "2", "--no-access-log"],
-        cwd=tmp, env=env, stderr=subprocess.PIPE, text=True, start_new_session=True,
-    )
-    log: list[str] = []
-    try:
-        url = None
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline and url is None:
-            line = proc.stderr.readline()  # type: ignore[union-attr]
-            if not line:
-                break
-            log.append(line)
-            m = re.search(r"listening on (\S+)", line)
-            if m:
-                url = f"http://{m.group(1)}"
-        assert url, "server did not start:\n" + "".join(log)
-
-
-        def drain() -> None:
-            for line in proc.stderr:  # type: ignore[union-attr]
-                log.append(line)
-
-        threading.Thread(target=drain, daemon=True).start()
-        yield DjangoServer(url, db, proc, log)
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            pass
-        with contextlib.suppress(ProcessLookupError):  # anything it started goes too
-            os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(10)
+    args = ["django_project.site:application", "--threads", "2", "--no-access-log"]
+    with cli_server(args, tmp, env=env) as server:
+        yield DjangoServer(server.url, db, server.proc, server.log)
 
 
 def get_all(urls: list[str], headers: dict[str, str] = IDENTITY) -> list[httpx.Response]:

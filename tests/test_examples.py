@@ -12,17 +12,15 @@ import contextlib
 import json
 import os
 import re
-import signal
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import wait_for
+from conftest import cli_server, wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -31,36 +29,9 @@ ROOT = Path(__file__).resolve().parent.parent
 def example(spec: str, threads: int, env: dict[str, str] | None = None,
             cwd: Path = ROOT) -> Iterator[int]:
     """``wsgiplus <spec> --threads N`` on an ephemeral loopback port; yields the port."""
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "wsgiplus", spec, "--bind", "127.0.0.1:0", "--threads", str(threads),
-         "--no-access-log"],
-        cwd=ROOT if cwd is None else cwd, env=dict(os.environ, PYTHONPATH=str(ROOT), **(env or {})),
-        stderr=subprocess.PIPE, text=True, start_new_session=True,
-    )
-    log: list[str] = []
-    try:
-        port = None
-        deadline = time.monotonic() + 30
-        while port is None and time.monotonic() < deadline:
-            line = proc.stderr.readline()  # type: ignore[union-attr]
-            if not line:
-                break
-            log.append(line)
-            m = re.search(r"listening on 127\.0\.0\.1:(\d+)", line)
-            if m:
-                port = int(m.group(1))
-        assert port, "example did not start:\n" + "".join(log)
-        threading.Thread(target=lambda: log.extend(proc.stderr), daemon=True).start()  # type: ignore[arg-type]
-        yield port
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            pass
-        with contextlib.suppress(ProcessLookupError):  # anything it started goes too
-            os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(10)
+    with cli_server([spec, "--threads", str(threads), "--no-access-log"], cwd,
+                    env=dict(os.environ, PYTHONPATH=str(ROOT), **(env or {}))) as server:
+        yield server.port
 
 
 class Upstream:

@@ -3,16 +3,13 @@
 from __future__ import annotations
 
 import os
-import re
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 from apps.plain_flask import app as flask_app
+from conftest import cli_server
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -34,31 +31,9 @@ def test_flask_app(serve) -> None:
 def django_server(tmp_path: Path) -> Iterator[str]:
     env = dict(os.environ, PYTHONPATH=f"{ROOT / 'tests'}{os.pathsep}{ROOT / 'src'}",
                PLAIN_DJANGO_DB=str(tmp_path / "db.sqlite3"))
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "wsgiplus", "apps.plain_django:application", "--bind", "127.0.0.1:0",
-         "--threads", "4", "--root-path", "/site"],
-        cwd=tmp_path, env=env, stderr=subprocess.PIPE, text=True,
-    )
-    try:
-        deadline = time.monotonic() + 30
-        url = None
-        lines = []
-        while time.monotonic() < deadline and url is None:
-            line = proc.stderr.readline()
-            if not line:
-                break
-            lines.append(line)
-            m = re.search(r"listening on (\S+)", line)
-            if m:
-                url = f"http://{m.group(1)}"
-        assert url, "server did not start:\n" + "".join(lines)
-        yield url
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+    args = ["apps.plain_django:application", "--threads", "4", "--root-path", "/site"]
+    with cli_server(args, tmp_path, env=env) as server:
+        yield server.url
 
 
 def test_django_app_through_the_cli(django_server: str) -> None:

@@ -4,12 +4,9 @@ from __future__ import annotations
 
 import os
 import re
-import subprocess
-import sys
-import time
 from pathlib import Path
 
-from conftest import get_many
+from conftest import cli_server, get_many
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -26,31 +23,11 @@ def test_ci_runs_the_readme_test_command() -> None:
 
 def test_default_command_serves_the_demo(tmp_path: Path) -> None:
     env = dict(os.environ, PYTHONPATH=str(ROOT / "src"))
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "wsgiplus", "--bind", "127.0.0.1:0", "--threads", "1", "--no-access-log"],
-        cwd=tmp_path, env=env, stderr=subprocess.PIPE, text=True,
-    )
-    try:
-        port = None
-        deadline = time.monotonic() + 30
-        while port is None and time.monotonic() < deadline:
-            line = proc.stderr.readline()
-            if not line:
-                break
-            m = re.search(r"listening on 127\.0\.0\.1:(\d+)", line)
-            if m:
-                port = int(m.group(1))
-        assert port, "the demo did not start"
-        status, body = get_many(port, ["/"])[0]
+    with cli_server(["--threads", "1", "--no-access-log"], tmp_path, env=env) as server:
+        status, body = get_many(server.port, ["/"])[0]
         assert status == 200 and body.startswith(b"Hello from WSGI+!")
         # 30 concurrent waits on one thread, each suspended on a bridge timer
-        results = get_many(port, ["/wait?seconds=0.5"] * 30, timeout=30)
+        results = get_many(server.port, ["/wait?seconds=0.5"] * 30, timeout=30)
         assert results == [(200, b"waited 0.5s without holding a thread\n")] * 30
-        status, body = get_many(port, ["/stream"])[0]
+        status, body = get_many(server.port, ["/stream"])[0]
         assert body == b"".join(b"chunk %d\n" % i for i in range(5))
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
