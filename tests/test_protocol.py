@@ -174,3 +174,38 @@ def test_parser_reuse_only_after_a_keep_alive_message() -> None:
     half = RequestParser()
     half.feed(b"GET / HTTP/1.1\r\nHo")
     assert not half.idle and not half.reusable
+
+
+def test_random_mutations_only_ever_raise_protocol_errors() -> None:
+    """Bounded, seeded fuzzing: whatever bytes arrive, the parser answers events or a ProtocolError."""
+    import random
+
+    rng = random.Random(20261122)
+    seeds = [
+        b"GET /a?b=c HTTP/1.1\r\nHost: h\r\nX-A: 1\r\n\r\n",
+        b"POST /p HTTP/1.1\r\nHost: h\r\nContent-Length: 5\r\n\r\nhello",
+        b"POST /c HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+        b"GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n",
+    ]
+    alphabet = b"\r\n :;,/?#%\x00\x7f\xffGETPOSTHTTP/1.0123456789abcdefxyz-"
+    for _ in range(3000):
+        data = bytearray(rng.choice(seeds) * rng.randint(1, 3))
+        for _ in range(rng.randint(1, 6)):
+            pos = rng.randrange(len(data) + 1)
+            action = rng.random()
+            if action < 0.4 and data:
+                del data[pos : pos + rng.randint(1, 4)]
+            elif action < 0.8:
+                data[pos:pos] = bytes(rng.choice(alphabet) for _ in range(rng.randint(1, 4)))
+            elif data:
+                data[pos % len(data)] = rng.choice(alphabet)
+        parser = RequestParser(Limits(max_request_line=200, max_header_count=10, max_header_size=200,
+                                      max_body_size=1000))
+        cut = rng.randrange(len(data) + 1)
+        try:
+            for piece in (bytes(data[:cut]), bytes(data[cut:])):
+                if piece:
+                    for event in parser.feed(piece):
+                        assert isinstance(event, (Request, Data, EndOfMessage))
+        except ProtocolError as exc:
+            assert 400 <= exc.status < 600
