@@ -425,3 +425,38 @@ def test_http_client_many_requests_one_connection(serve: Any) -> None:
         resp = conn.getresponse()
         assert resp.status == 200 and resp.read() == body
     conn.close()
+
+
+def test_garbage_never_reaches_the_app_unparsed_and_the_server_keeps_serving(serve: Any) -> None:
+    """Seeded mutations over real sockets: every answer is a well-formed status line or nothing."""
+    import random
+
+    seen: list[str] = []
+
+    def app(environ: dict, start_response: Any) -> list[bytes]:
+        seen.append(environ["REQUEST_METHOD"])
+        body = environ["wsgi.input"].read()
+        start_response("200 OK", [("Content-Length", str(len(body)))])
+        return [body]
+
+    server = serve(app, header_timeout=1, body_timeout=1)
+    rng = random.Random(7)
+    base = b"POST /x HTTP/1.1\r\nHost: h\r\nContent-Length: 3\r\n\r\nabc"
+    answered = 0
+    for _ in range(150):
+        data = bytearray(base)
+        for _ in range(rng.randint(1, 3)):
+            pos = rng.randrange(len(data))
+            data[pos : pos + 1] = bytes([rng.randrange(256)])
+        with socket.create_connection(("127.0.0.1", server.port), timeout=5) as sock:
+            sock.sendall(bytes(data))
+            sock.shutdown(socket.SHUT_WR)
+            raw = read_until_close(sock, timeout=5)
+        # a client that half-closes is treated as gone, so a valid request may go unanswered
+        assert raw == b"" or raw.startswith(b"HTTP/1.1 "), raw[:60]
+        answered += raw.startswith(b"HTTP/1.1 4")
+    assert answered > 50  # most mutations are refused with a 4xx before the close
+    assert all(m.isupper() for m in seen)
+    assert wait_for(lambda: server.server.pool.busy() == 0 and server.server.active == 0)
+    r = httpx.post(server.url + "/ok", content=b"still here")
+    assert r.status_code == 200 and r.content == b"still here"
