@@ -89,15 +89,30 @@ class _Pause:
             raise TimeoutError(f"pause_output not resumed after {timeout}s")
 
 
-class BlockingBody:
+class WrappedBody:
+    """Base of body wrappers: ``close()`` reaches the wrapped iterable once, even unstarted."""
+
+    def __init__(self, iterable: Iterable[Any]) -> None:
+        self._iterable = iterable
+        self._closed = False
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        close = getattr(self._iterable, "close", None)
+        if close is not None:
+            close()
+
+
+class BlockingBody(WrappedBody):
     """The app's iterable with futures waited for and removed; ``close()`` passed on once."""
 
     def __init__(self, iterable: Iterable[Any], pause: _Pause | None = None,
                  timeout: float | None = None) -> None:
-        self._iterable = iterable
+        super().__init__(iterable)
         self._pause = pause
         self._timeout = timeout
-        self._closed = False
 
     def __iter__(self) -> Iterator[bytes]:
         pause = self._pause
@@ -111,13 +126,6 @@ class BlockingBody:
                 continue  # an empty string never needs to reach a plain server
             yield item
 
-    def close(self) -> None:
-        if self._closed:
-            return
-        self._closed = True
-        close = getattr(self._iterable, "close", None)
-        if close is not None:
-            close()
 
 
 def portable(app: WSGIApp | None = None, *, timeout: float | None = None) -> Any:

@@ -24,7 +24,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
-from .compat import BlockingBody, _Pause, is_future
+from .compat import BlockingBody, WrappedBody, _Pause, is_future
 
 __all__ = ["BodyFilter", "FilterMiddleware", "FilteredBody", "wait_in_place"]
 
@@ -48,7 +48,7 @@ class BodyFilter:
         return b""
 
 
-class FilteredBody:
+class FilteredBody(WrappedBody):
     """The app's iterable with ``chunk``/``end`` applied to bytes; futures and ``b""`` pass.
 
     An object, not a generator, so that ``close()`` reaches the app's iterable
@@ -58,11 +58,10 @@ class FilteredBody:
     def __init__(self, iterable: Iterable[Any], chunk: Callable[[bytes], bytes],
                  end: Callable[[], bytes] | None = None,
                  active: Callable[[], bool] | None = None) -> None:
-        self._iterable = iterable
+        super().__init__(iterable)
         self._chunk = chunk
         self._end = end
         self._active = active
-        self._closed = False
 
     def __iter__(self) -> Iterator[Any]:
         chunk = self._chunk
@@ -78,14 +77,6 @@ class FilteredBody:
             tail = self._end()
             if tail:
                 yield tail
-
-    def close(self) -> None:
-        if self._closed:
-            return
-        self._closed = True
-        close = getattr(self._iterable, "close", None)
-        if close is not None:
-            close()
 
 
 class FilterMiddleware:
