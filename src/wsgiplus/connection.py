@@ -36,6 +36,8 @@ class Connection:
     once per finished exchange (the access log line, ``--max-requests``).
     """
 
+    __slots__ = ()  # subclasses keep theirs: no per-connection __dict__
+
     protocol_name = "?"  # "HTTP/1.1", "HTTP/2", "WebSocket"
 
     # slots a subclass must define: server, loop, transport, remote, requests,

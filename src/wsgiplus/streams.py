@@ -185,9 +185,9 @@ class Stream:
         "paused",
         "disconnected",
         "_lock",
-        "_out",
+        "outbox",
         "_out_size",
-        "_flush_posted",
+        "flush_posted",
     )
 
     def __init__(self, loop: asyncio.AbstractEventLoop, record: ExchangeRecord) -> None:
@@ -198,9 +198,9 @@ class Stream:
         self.disconnected = False
         # the outbox: pushed by pool threads, taken by the loop, under _lock
         self._lock = threading.Lock()
-        self._out: list[Any] | None = None  # made with the first item: most waits have none
+        self.outbox: list[Any] | None = None  # made with the first item: most waits have none
         self._out_size = 0
-        self._flush_posted = False
+        self.flush_posted = False
 
     # -- pool thread: the response, as the app produces it ------------------
 
@@ -228,9 +228,9 @@ class Stream:
     def _push(self, item: Any, size: int) -> bool:
         """Queue ``item`` (``size`` bytes of it count against the high-water mark)."""
         with self._lock:
-            out = self._out
+            out = self.outbox
             if out is None:
-                self._out = [item]
+                self.outbox = [item]
             else:
                 out.append(item)
             self._out_size = total = self._out_size + size
@@ -243,14 +243,14 @@ class Stream:
 
     @property
     def has_output(self) -> bool:
-        return self._out is not None
+        return self.outbox is not None
 
     def request_flush(self) -> None:
         """Pool thread: have the loop flush soon; at most one such wake-up is pending."""
         with self._lock:
-            if self._flush_posted or not self._out:
+            if self.flush_posted or not self.outbox:
                 return
-            self._flush_posted = True
+            self.flush_posted = True
         self.loop.call_soon_threadsafe(self.flush)
 
     # -- loop thread -------------------------------------------------------------
@@ -258,10 +258,10 @@ class Stream:
     def flush(self) -> None:
         """Hand everything in the outbox to ``deliver``."""
         with self._lock:
-            out = self._out
-            self._out = None
+            out = self.outbox
+            self.outbox = None
             self._out_size = 0
-            self._flush_posted = False
+            self.flush_posted = False
         if out and not self.disconnected:
             self.deliver(out)
 
