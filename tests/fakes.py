@@ -114,7 +114,7 @@ class RecordingStream(Stream):
     __slots__ = ("wire", "outcomes", "head", "known_length", "ended", "__weakref__")
 
     def __init__(self, loop: Any, method: str = "GET") -> None:
-        super().__init__(loop, ExchangeRecord(method, "/", "HTTP/1.1"))
+        super().__init__(loop, ExchangeRecord(method))
         self.wire: list[Any] = []
         self.outcomes: list[tuple[str, Any]] = []
         self.head: ResponseHead | None = None

@@ -18,7 +18,7 @@ import time
 from typing import IO, TYPE_CHECKING, Any
 
 from .runner import Runner
-from .streams import ExchangeRecord, Stream
+from .streams import Stream
 from .wsgi import make_environ
 
 if TYPE_CHECKING:
@@ -102,31 +102,17 @@ class Connection:
             timeout=server.config.request_timeout,
             suspensions=server.suspensions,
         )
-        environ = make_environ(
-            template,
-            method=method,
-            target=target,
-            path=path,
-            query=query,
-            headers=headers,
-            http_version=http_version,
-            body=body,
-            remote=self.remote,
-            chunked=chunked,
-            client_disconnected=stream.is_disconnected,
-            pause_output=runner.pause_output,
-            fixer=server.proxy_fixer,
+        environ = make_environ(  # positional: this is the hot path
+            template, method, target, path, query, headers, http_version, body, self.remote,
+            chunked, stream.is_disconnected, runner.pause_output, server.proxy_fixer,
         )
         record = stream.record
         record.environ = environ
+        record.target = environ["RAW_URI"]
+        record.protocol = environ["SERVER_PROTOCOL"]
         record.path = environ["PATH_INFO"]
         record.query = environ["QUERY_STRING"]
         record.started_at = time.monotonic()  # the duration is the app's part, as before
         server.active += 1
         runner.start(environ)
         return runner
-
-
-def new_record(method: str, target: bytes, http_version: str, remote: tuple[str, int] | None) -> ExchangeRecord:
-    """The access record of a request that has just arrived."""
-    return ExchangeRecord(method, target.decode("latin-1"), "HTTP/" + http_version, remote)

@@ -408,7 +408,8 @@ def build_response(
     code = app.status_code
     no_body = method == "HEAD" or code in _NO_BODY_STATUS or code < 200
     framer = ResponseFramer(code, no_body, keep_alive)
-    lines = [app.h1_lines()]
+    h1 = app.h1
+    lines = [h1 if h1 is not None else app.h1_lines()]
     if app.content_length is not None:
         framer.remaining = app.content_length
     elif code in _NO_BODY_STATUS or code < 200:

@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from .config import Config
-from .connection import Connection, new_record
+from .connection import Connection
 from .listeners import bind_socket, describe, socket_from_fd
 from .pool import ThreadPool
 from .protocol import (
@@ -36,7 +36,7 @@ from .protocol import (
     error_response,
 )
 from .runner import Runner, Suspensions
-from .streams import ExchangeRecord, ResponseHead, Stream
+from .streams import NO_ENVIRON, ExchangeRecord, ResponseHead, Stream
 from .wsgi import BodyBuffer, environ_template
 
 log = logging.getLogger("wsgiplus.error")
@@ -65,12 +65,13 @@ class Exchange(Stream):
         "method",
         "http_version",
         "keep_alive",
+        "server_header",
         "framer",
         "_head",
     )
 
     def __init__(self, conn: HTTPConnection, request: Request, spool: int) -> None:
-        super().__init__(conn.loop, new_record(request.method, request.target, request.http_version, conn.remote))
+        Stream.__init__(self, conn.loop, ExchangeRecord(request.method, conn.remote))
         self.conn = conn
         self.request: Request | None = request
         self.body = BodyBuffer(spool) if request.has_body else None
@@ -79,6 +80,7 @@ class Exchange(Stream):
         self.method = request.method
         self.http_version = request.http_version
         self.keep_alive = False  # set when the response starts (_start)
+        self.server_header = conn.server.server_header
         self.framer: ResponseFramer | None = None
         self._head: bytes | None = None  # the serialised head, sent with the first bytes
 
@@ -88,8 +90,7 @@ class Exchange(Stream):
         if known_length == 0 and self.method == "HEAD":
             known_length = None  # HEAD of an empty body: say nothing rather than guess
         lines, self.framer = build_response(
-            self.method, self.http_version, self.keep_alive, head, None,
-            self.conn.server.server_header, known_length,
+            self.method, self.http_version, self.keep_alive, head, None, self.server_header, known_length
         )
         record = self.record
         record.status = head.status_code
@@ -119,7 +120,9 @@ class Exchange(Stream):
     # -- loop thread ----------------------------------------------------------------
 
     def deliver(self, items: list[Any]) -> None:
-        self.conn.write(items[0] if len(items) == 1 else b"".join(items))
+        conn = self.conn
+        if not conn.disconnected:
+            conn.transport.write(items[0] if len(items) == 1 else b"".join(items))  # type: ignore[union-attr]
 
     def complete(self) -> None:
         framer = self.framer
@@ -343,7 +346,7 @@ class HTTPConnection(Connection, asyncio.Protocol):
         record = ex.record
         record.ended_at = time.monotonic()
         server.access(self, record)
-        record.environ = {}  # environ -> stream -> record -> environ: no cycle left for the GC
+        record.environ = NO_ENVIRON  # environ -> stream -> record -> environ: no cycle for the GC
         if self.disconnected:
             return
         if self.queue and self.queue[0] is ex:

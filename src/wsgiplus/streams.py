@@ -38,12 +38,17 @@ import time
 from typing import Any, Protocol
 
 __all__ = [
+    "NO_ENVIRON",
     "OUTBOX_HIGH_WATER",
     "ExchangeRecord",
     "ResponseHead",
     "Stream",
     "StreamConsumer",
 ]
+
+# The environ of a record (or runner) that has none yet, or no longer: shared,
+# never written to (saves a dict per request).
+NO_ENVIRON: dict[str, Any] = {}
 
 # Past this many bytes waiting in a stream's outbox the runner parks the
 # request (holding no thread) until the stream is writable again.
@@ -55,8 +60,8 @@ class ResponseHead:
 
     ``status_code`` and ``headers`` are what an HTTP/2 stream encodes;
     ``h1_lines()`` is the HTTP/1.1 serialisation (status line and the app's
-    own fields), computed on first use and kept, so the head cache in
-    runner.py keeps HTTP/1.1's speed. ``h2`` is a free slot for the HTTP/2
+    own fields), computed on first use and kept in ``h1``, so the head cache
+    in runner.py keeps HTTP/1.1's speed. ``h2`` is a free slot for the HTTP/2
     side to cache its encoded header list the same way.
 
     Instances are shared between threads (the cache hands one to every
@@ -64,7 +69,7 @@ class ResponseHead:
     threads computing them at once store equal values.
     """
 
-    __slots__ = ("status", "headers", "status_code", "content_length", "_h1", "h2")
+    __slots__ = ("status", "headers", "status_code", "content_length", "h1", "h2")
 
     def __init__(self, status: str, headers: list[tuple[str, str]]) -> None:
         self.status = status
@@ -75,17 +80,17 @@ class ResponseHead:
             if len(name) == 14 and name.lower() == "content-length":
                 content_length = int(value)
         self.content_length = content_length
-        self._h1: bytes | None = None
+        self.h1: bytes | None = None
         self.h2: Any = None
 
     def h1_lines(self) -> bytes:
         """``HTTP/1.1 <status>\\r\\n`` and the app's fields, each ending in CRLF."""
-        lines = self._h1
+        lines = self.h1
         if lines is None:
             parts = ["HTTP/1.1 ", self.status, "\r\n"]
             for name, value in self.headers:
                 parts += (name, ": ", value, "\r\n")
-            lines = self._h1 = "".join(parts).encode("latin-1")
+            lines = self.h1 = "".join(parts).encode("latin-1")
         return lines
 
     # the name HTTP/1.1 code used before the seam
@@ -122,33 +127,27 @@ class ExchangeRecord:
         "ended_at",
     )
 
-    def __init__(
-        self,
-        method: str,
-        target: str,
-        protocol: str,
-        remote: tuple[str, int] | None = None,
-        path: str = "",
-        query: str = "",
-    ) -> None:
+    def __init__(self, method: str, remote: tuple[str, int] | None = None) -> None:
         self.method = method
-        self.target = target  # the raw request target, as RAW_URI
-        self.path = path  # PATH_INFO once the environ is made
-        self.query = query
-        self.protocol = protocol  # "HTTP/1.1", "HTTP/1.0", "HTTP/2"
         self.remote = remote
-        self.environ: dict[str, Any] = {}
+        # the rest of the request side is set from the environ when the app is called
+        # (``Connection.run_exchange``): the raw target as RAW_URI, PATH_INFO, ...
+        self.target = ""
+        self.path = ""
+        self.query = ""
+        self.protocol = ""  # "HTTP/1.1", "HTTP/1.0", "HTTP/2"
+        self.environ: dict[str, Any] = NO_ENVIRON
         self.status: int | None = None  # status code sent (or to be sent)
         self.response_headers: list[tuple[str, str]] = []
         self.bytes_sent = 0  # body bytes sent, as gunicorn's %(b)s
-        self.started_at = time.monotonic()
+        self.started_at = 0.0  # time.monotonic() when the app was called
         self.ended_at: float | None = None
 
     @property
     def duration(self) -> float:
         """Seconds from the request's arrival to the end of its response (or now)."""
         end = self.ended_at if self.ended_at is not None else time.monotonic()
-        return max(0.0, end - self.started_at)
+        return max(0.0, end - self.started_at) if self.started_at else 0.0
 
 
 class StreamConsumer(Protocol):
@@ -196,7 +195,8 @@ class Stream:
         self.consumer: StreamConsumer | None = None
         self.paused = False
         self.disconnected = False
-        # the outbox: pushed by pool threads, taken by the loop, under _lock
+        # the outbox: pushed by pool threads, taken by the loop, under _lock. One
+        # lock per exchange: the runner guards its own cross-thread fields with it too.
         self._lock = threading.Lock()
         self.outbox: list[Any] | None = None  # made with the first item: most waits have none
         self._out_size = 0

@@ -201,7 +201,6 @@ def environ_template(
 
 def make_environ(
     template: dict[str, Any],
-    *,
     method: str,
     target: bytes,
     path: bytes,
