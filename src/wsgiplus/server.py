@@ -1,9 +1,11 @@
 """The asyncio side: connections, keep-alive, pipelining, timeouts, flow control, shutdown.
 
-One event loop owns every socket. A connection feeds received bytes to the
-sans-I/O parser, buffers request bodies (so a slow uploader never pins a
-thread), answers requests strictly in order, and hands each complete request
-to a ``Runner``, which drives the app on the thread pool.
+One event loop owns every socket. ``HTTPConnection`` (a ``connection.Connection``)
+feeds received bytes to the sans-I/O parser, buffers request bodies (so a slow
+uploader never pins a thread), answers requests strictly in order, and hands
+each complete request to a ``Runner`` through its ``Exchange`` - the HTTP/1.1
+``streams.Stream``, which frames the response, writes error pages and decides
+keep-alive. ``Server`` holds connections of any protocol.
 """
 
 from __future__ import annotations
