@@ -10,6 +10,8 @@ llhttp leaves to the server (Host, HTTP/1.0 + Transfer-Encoding, limits).
 
 from __future__ import annotations
 
+import logging
+import threading
 import time
 from dataclasses import dataclass
 from email.utils import formatdate
@@ -21,6 +23,7 @@ __all__ = [
     "Data",
     "EndOfMessage",
     "Limits",
+    "MemoryBudget",
     "ProtocolError",
     "Request",
     "RequestParser",
@@ -60,6 +63,47 @@ class Limits:
     def max_head_bytes(self) -> int:
         """Hard bound on a head still incomplete, so a never-ending field cannot eat memory."""
         return self.max_request_line + self.max_header_count * (self.max_header_size + 4) + 4
+
+
+log = logging.getLogger("wsgiplus.error")
+
+
+class MemoryBudget:
+    """Bytes held in memory by buffered request heads and bodies, server-wide.
+
+    ``take(n)`` charges n bytes if that stays within ``limit`` (None: no limit)
+    and says whether it did; ``give(n)`` returns them. Bodies are charged on
+    the loop thread and may be returned from a pool thread (when the last
+    reference to a finished body goes), hence the lock. ``refuse(what)`` logs
+    one line at most every 10 s per kind.
+    """
+
+    __slots__ = ("limit", "used", "_lock", "_logged")
+
+    def __init__(self, limit: int | None = None) -> None:
+        self.limit = limit or None
+        self.used = 0
+        self._lock = threading.Lock()
+        self._logged: dict[str, float] = {}
+
+    def take(self, n: int) -> bool:
+        with self._lock:
+            if self.limit is not None and self.used + n > self.limit:
+                return False
+            self.used += n
+            return True
+
+    def give(self, n: int) -> None:
+        if n:
+            with self._lock:
+                self.used -= n
+
+    def refuse(self, what: str) -> None:
+        now = time.monotonic()
+        if now - self._logged.get(what, -1e9) >= 10.0:
+            self._logged[what] = now
+            log.warning("buffered request memory at its budget (max_buffered_size %d bytes, %d held): %s",
+                        self.limit or 0, self.used, what)
 
 
 class Request:
@@ -152,8 +196,10 @@ class RequestParser:
     takes no more bytes (``upgraded_data`` holds what followed the upgrade).
     """
 
-    def __init__(self, limits: Limits | None = None) -> None:
+    def __init__(self, limits: Limits | None = None, budget: MemoryBudget | None = None) -> None:
         self.limits = limits or Limits()
+        self.budget = budget
+        self._charged = 0  # head bytes charged to the budget
         self._parser = httptools.HttpRequestParser(self)
         self._events: list[Event] = []
         self._url = b""
@@ -199,12 +245,30 @@ class RequestParser:
             if not self._in_head:
                 return events
             self._head_bytes += len(data)
-            if self._head_bytes <= self.limits.max_head_bytes:
+            if self._head_bytes > self.limits.max_head_bytes:
+                error = ProtocolError(431, "request header section too large")
+            elif self.budget is None or self.budget.take(len(data)):
+                self._charged += len(data) if self.budget is not None else 0
                 return events
-            error = ProtocolError(431, "request header section too large")
+            else:
+                self.budget.refuse("a request head was refused with 503")
+                error = ProtocolError(503, "server busy: too much buffered request data")
         self.finished = True
+        self._uncharge()
         error.events = events
         raise error
+
+    def _uncharge(self) -> None:
+        if self._charged:
+            self.budget.give(self._charged)  # type: ignore[union-attr]
+            self._charged = 0
+
+    def close(self) -> None:
+        """The connection is gone: return what the budget holds for a partial head, drop it."""
+        self._uncharge()
+        self._headers = []
+        self._url = b""
+        self.finished = True
 
     # httptools callbacks -------------------------------------------------
 
@@ -231,6 +295,7 @@ class RequestParser:
 
     def on_headers_complete(self) -> None:
         self._in_head = False
+        self._uncharge()
         parser = self._parser
         version = parser.get_http_version()
         if version not in ("1.1", "1.0"):
@@ -337,7 +402,7 @@ class ResponseFramer:
     be closed after this response.
     """
 
-    __slots__ = ("chunked", "remaining", "no_body", "keep_alive", "status_code", "sent")
+    __slots__ = ("chunked", "remaining", "no_body", "keep_alive", "status_code", "sent", "dropped")
 
     def __init__(self, status_code: int, no_body: bool, keep_alive: bool) -> None:
         self.status_code = status_code
@@ -346,6 +411,7 @@ class ResponseFramer:
         self.chunked = False
         self.remaining: int | None = None  # bytes still owed under Content-Length
         self.sent = 0  # body bytes sent, for the access log
+        self.dropped = 0  # body bytes past the Content-Length, not sent
 
     def body(self, data: bytes) -> bytes:
         """Frame a body chunk; bytes past a declared Content-Length are dropped."""
@@ -357,6 +423,7 @@ class ResponseFramer:
         remaining = self.remaining
         if remaining is not None:
             if len(data) > remaining:
+                self.dropped += len(data) - remaining
                 data = data[:remaining]
             self.remaining = remaining - len(data)
         self.sent += len(data)
@@ -372,27 +439,51 @@ class ResponseFramer:
             self.keep_alive = False
         return b""
 
+    def length_mismatch(self) -> str | None:
+        """After ``end()``: how the body missed its Content-Length, or None."""
+        if self.no_body:
+            return None
+        if self.remaining:
+            return f"{self.remaining} bytes shorter than its Content-Length (connection closed)"
+        if self.dropped:
+            return f"{self.dropped} bytes longer than its Content-Length (the extra bytes were dropped)"
+        return None
+
 
 class AppHead:
-    """The app's part of a response head, serialised once: status line and its own fields."""
+    """The app's part of a response head, serialised once: status line and its own fields.
 
-    __slots__ = ("lines", "status_code", "content_length")
+    ``close``: the app sent ``Connection: close``; the connection closes after this response.
+    """
 
-    def __init__(self, lines: bytes, status_code: int, content_length: int | None) -> None:
+    __slots__ = ("lines", "status_code", "content_length", "close")
+
+    def __init__(self, lines: bytes, status_code: int, content_length: int | None,
+                 close: bool = False) -> None:
         self.lines = lines
         self.status_code = status_code
         self.content_length = content_length
+        self.close = close
 
 
 def encode_head(status: str, headers: list[tuple[str, str]]) -> AppHead:
-    """Serialise a validated status and header list (no hop-by-hop, no CR/LF)."""
+    """Serialise a validated status and header list (see ``wsgi.check_headers``).
+
+    A ``Connection: close`` left in the list by the checks is not copied: it
+    becomes ``AppHead.close`` and the server writes its own Connection field.
+    """
     content_length = None
+    close = False
     parts = ["HTTP/1.1 ", status, "\r\n"]
     for name, value in headers:
-        if len(name) == 14 and name.lower() == "content-length":
+        n = len(name)
+        if n == 14 and name.lower() == "content-length":
             content_length = int(value)
+        elif n == 10 and name.lower() == "connection":
+            close = True
+            continue
         parts += (name, ": ", value, "\r\n")
-    return AppHead("".join(parts).encode("latin-1"), int(status[:3]), content_length)
+    return AppHead("".join(parts).encode("latin-1"), int(status[:3]), content_length, close)
 
 
 def build_response(
@@ -413,7 +504,7 @@ def build_response(
     app = status if isinstance(status, AppHead) else encode_head(status, headers or [])
     code = app.status_code
     no_body = method == "HEAD" or code in _NO_BODY_STATUS or code < 200
-    framer = ResponseFramer(code, no_body, keep_alive)
+    framer = ResponseFramer(code, no_body, keep_alive and not app.close)
     lines = [app.lines]
     if app.content_length is not None:
         framer.remaining = app.content_length

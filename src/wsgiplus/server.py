@@ -23,9 +23,9 @@ from typing import Any
 from .config import Config
 from .listeners import bind_socket, describe, socket_from_fd
 from .pool import ThreadPool
-from .protocol import Data, EndOfMessage, ProtocolError, Request, RequestParser, error_response
+from .protocol import Data, EndOfMessage, MemoryBudget, ProtocolError, Request, RequestParser, error_response
 from .runner import Runner, Suspensions
-from .wsgi import BodyBuffer, build_environ, environ_template
+from .wsgi import BodyBuffer, body_time_left, build_environ, environ_template
 
 log = logging.getLogger("wsgiplus.error")
 
@@ -39,9 +39,9 @@ class Exchange:
 
     __slots__ = ("request", "body", "complete", "runner")
 
-    def __init__(self, request: Request, spool: int) -> None:
+    def __init__(self, request: Request, spool: int, budget: MemoryBudget | None = None) -> None:
         self.request = request
-        self.body = BodyBuffer(spool) if request.has_body else None
+        self.body = BodyBuffer(spool, budget) if request.has_body else None
         self.complete = False
         self.runner: Runner | None = None
 
@@ -142,7 +142,7 @@ class HTTPConnection(asyncio.Protocol):
             self._handle_events(events)
         if self.receiving is not None:
             if self.receiving.body is not None:
-                self._set_timer(self.config.body_timeout, self._on_body_timeout)
+                self._set_body_timer(self.receiving.body)
         elif parser.idle and not parser.finished:
             # Between requests the parser holds nothing: hand it back (~1 KB less
             # for a long suspended request); the next bytes take one from the pool.
@@ -157,6 +157,8 @@ class HTTPConnection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.disconnected = True
         self._cancel_timer()
+        if self.parser is not None:
+            self.parser.close()  # a partial head: return its bytes to the budget
         self.server.connections.discard(self)
         for ex in self.queue:
             if ex.runner is not None:
@@ -180,7 +182,7 @@ class HTTPConnection(asyncio.Protocol):
             if kind is Data:
                 self.receiving.body.write(event.data)  # type: ignore[union-attr]
             elif kind is Request:
-                ex = Exchange(event, self.config.body_spool_size)
+                ex = Exchange(event, self.config.body_spool_size, self.server.budget)
                 self.receiving = ex
                 self.queue.append(ex)
                 if len(self.queue) == 1:
@@ -259,7 +261,7 @@ class HTTPConnection(asyncio.Protocol):
             if ex.complete:
                 self._start(ex)
             elif ex.body is not None:
-                self._set_timer(self.config.body_timeout, self._on_body_timeout)
+                self._set_body_timer(ex.body)
         elif self.pending_error is not None:
             self._send_error(self.pending_error)
             return
@@ -322,6 +324,10 @@ class HTTPConnection(asyncio.Protocol):
         self._timer_kind = kind
         self._on_timeout = callback
         self._deadline = self.loop.time() + delay
+
+    def _set_body_timer(self, body: BodyBuffer) -> None:
+        config = self.config
+        self._set_timer(body_time_left(body, config.body_timeout, config.body_min_rate), self._on_body_timeout)
 
     def _cancel_timer(self) -> None:
         self._deadline = 0.0
@@ -400,6 +406,7 @@ class Server:
         self.app = app
         self.config = config or Config()
         self.limits = self.config.limits
+        self.budget = MemoryBudget(self.config.max_buffered_size)  # request heads and bodies
         self.server_header = b"wsgiplus" if self.config.server_header else None
         self.loop: asyncio.AbstractEventLoop = None  # type: ignore[assignment]
         self.pool: ThreadPool = None  # type: ignore[assignment]
@@ -474,7 +481,7 @@ class Server:
     def take_parser(self) -> RequestParser:
         """A parser at the start of a message: a spare one, else a new one."""
         spare = self._spare_parsers
-        return spare.pop() if spare else RequestParser(self.limits)
+        return spare.pop() if spare else RequestParser(self.limits, self.budget)
 
     def give_parser(self, parser: RequestParser) -> None:
         """Keep an idle parser for the next request, if it can parse another message."""

@@ -1,0 +1,239 @@
+"""Issue 12 (and two items of 14): what an attacker or a misbehaving app tries, over real sockets."""
+
+from __future__ import annotations
+
+import logging
+import random
+import re
+import socket
+from typing import Any
+
+import pytest
+from conftest import raw_exchange, read_until_close
+from test_http import parse_responses
+
+from wsgiplus.protocol import encode_head
+from wsgiplus.wsgi import check_headers, check_status
+
+CLOSE_GET = b"GET / HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"
+
+# What a head on the wire may contain: a status line, then field lines, then CRLF.
+STATUS_LINE = re.compile(rb"HTTP/1\.1 [2-9][0-9]{2} [\t\x20-\x7e\x80-\xff]*")
+FIELD_LINE = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+: [\t\x20-\x7e\x80-\xff]*")
+
+
+def assert_clean_head(raw: bytes) -> tuple[bytes, list[bytes]]:
+    """The response's head obeys RFC 9112 to the byte; returns (status line, field lines)."""
+    head, sep, _ = raw.partition(b"\r\n\r\n")
+    assert sep, raw[:200]
+    lines = head.split(b"\r\n")
+    assert STATUS_LINE.fullmatch(lines[0]), lines[0]
+    for line in lines[1:]:
+        assert FIELD_LINE.fullmatch(line), line
+    names = [line.split(b":", 1)[0].lower() for line in lines[1:]]
+    assert names.count(b"content-length") <= 1 and names.count(b"connection") <= 1
+    assert not (b"content-length" in names and b"transfer-encoding" in names)
+    return lines[0], lines[1:]
+
+
+def app_with(status: Any, headers: Any) -> Any:
+    def app(environ: dict, start_response: Any) -> list[bytes]:
+        start_response(status, headers)
+        return [b"body"]
+
+    return app
+
+
+# -- item 1: response splitting ------------------------------------------------------------
+
+@pytest.mark.parametrize(("status", "headers"), [
+    ("200 OK\n", []),
+    ("200 OK\r\nX-Injected: 1", []),
+    ("200 OK\x00", []),
+    ("200", []),
+    (" 200 OK", []),
+    ("200 OK", [("X-Evil\n", "v")]),
+    ("200 OK", [("Content-Length\n", "999")]),
+    ("200 OK", [("Connection\n", "keep-alive")]),
+    ("200 OK", [("X-Ok", "v\n")]),
+    ("200 OK", [("X-Ok", "v\r\nX-Injected: 1")]),
+    ("200 OK", [("X-Ok", "v\x00")]),
+    ("200 OK", [("X-Ok", "\u2028")]),
+    ("200 OK", [("X-Ok", "\u0100")]),
+    ("200 OK", [("X-\u00e9", "v")]),
+    ("200 OK", [("Content-Length", "4\n")]),
+    ("200 OK", [("Content-Length", "\u0664")]),  # an Arabic-Indic digit: isdigit() says yes
+])
+def test_head_checks_are_full_matches(serve: Any, status: str, headers: list, caplog: Any) -> None:
+    server = serve(app_with(status, headers))
+    with caplog.at_level(logging.ERROR, logger="wsgiplus.error"):
+        raw = raw_exchange(server.port, CLOSE_GET)
+    assert raw.startswith(b"HTTP/1.1 500 "), raw[:120]
+    assert b"Injected" not in raw and b"999" not in raw
+    assert_clean_head(raw)
+    assert "Error in app" in caplog.text
+
+
+def test_fuzzed_response_heads_only_give_a_500_or_a_clean_head(serve: Any) -> None:
+    """Seeded: statuses and fields built from dangerous pieces; on the wire only a 500 or a clean head."""
+    rng = random.Random(12)
+    pieces = ["200", "404", "100", "1", " ", "\t", "OK", "\r", "\n", "\r\n", "\x00", "\x7f", "\x0b",
+              ":", "é", "\u2028", "\u0100", "\U0001f600", "X-A", "Content-Length", "Connection",
+              "close", "Transfer-Encoding", "Keep-Alive", "5", "-1", "0x5", ",", ";"]
+
+    def text(n: int) -> str:
+        return "".join(rng.choice(pieces) for _ in range(rng.randint(0, n)))
+
+    cases = []
+    for _ in range(300):
+        status = rng.choice(["200 OK", "204 No Content", text(4), "200 " + text(3), text(2) + " OK"])
+        headers = [(rng.choice(["X-A", "Content-Length", "Connection", text(2)]),
+                    rng.choice(["v", "4", "close", text(3)])) for _ in range(rng.randint(0, 3))]
+        cases.append((status, headers))
+
+    def app(environ: dict, start_response: Any) -> list[bytes]:
+        status, headers = cases[int(environ["PATH_INFO"][1:])]
+        start_response(status, list(headers))
+        return [b"body"]
+
+    server = serve(app)
+    outcomes = {"500": 0, "clean": 0}
+    for i, (status, headers) in enumerate(cases):
+        raw = raw_exchange(server.port, b"GET /%d HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n" % i)
+        line, fields = assert_clean_head(raw)
+        if line.startswith(b"HTTP/1.1 500 ") and status[:3] != "500":
+            outcomes["500"] += 1
+            try:  # the checks must have refused it: a 500 is never given for a head they allow
+                encode_head(check_status(status), check_headers(list(headers)))
+            except (ValueError, TypeError):
+                continue
+            raise AssertionError(f"500 for an accepted head {status!r} {headers!r}")
+        outcomes["clean"] += 1
+        assert line == b"HTTP/1.1 " + status.encode("latin-1")
+        sent = [f"{n}: {v}".encode("latin-1") for n, v in headers
+                if n.lower() not in ("connection", "keep-alive", "content-length")]
+        assert [f for f in fields if f in sent] == sent  # the app's own fields, as given
+    assert outcomes["500"] > 50 and outcomes["clean"] > 50, outcomes
+
+
+def test_fuzzed_head_checks_unit() -> None:
+    """The same rule without sockets, many more cases: accepted heads serialise to clean bytes."""
+    rng = random.Random(1212)
+    alphabet = "aZ09-_ :\t\r\n\x00\x01\x7f\x80\xffé\u0100\u2028\U0001f600,;\"()/"
+    accepted = 0
+    for _ in range(20000):
+        status = rng.choice(["200 ", "302 ", "1", "200", ""]) + "".join(
+            rng.choice(alphabet) for _ in range(rng.randint(0, 6)))
+        name = "X" + "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 2)))
+        value = "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 6)))
+        try:
+            head = encode_head(check_status(status), check_headers([(name, value)]))
+        except (ValueError, TypeError):
+            continue
+        accepted += 1
+        lines = head.lines.split(b"\r\n")
+        assert lines[-1] == b""
+        assert STATUS_LINE.fullmatch(lines[0]) and all(FIELD_LINE.fullmatch(x) for x in lines[1:-1])
+    assert accepted > 100
+
+
+# -- item 2: 1xx from start_response; 103 Early Hints ---------------------------------------
+
+def test_1xx_from_start_response_is_a_500_and_pipelining_stays_paired(serve: Any) -> None:
+    def app(environ: dict, start_response: Any) -> list[bytes]:
+        if environ["PATH_INFO"] == "/continue":
+            start_response("100 Continue", [])
+            return [b""]
+        start_response("200 OK", [("Content-Length", "6")])
+        return [b"second"]
+
+    server = serve(app)
+    raw = raw_exchange(server.port, b"GET /continue HTTP/1.1\r\nHost: t\r\n\r\n"
+                                    b"GET /next HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+    assert raw.startswith(b"HTTP/1.1 500 ") and b"100 Continue" not in raw
+    assert b"second" not in raw  # the 500 closed the connection: nothing is paired with the wrong request
+
+
+def test_early_hints_are_sent_before_the_final_response(serve: Any) -> None:
+    def app(environ: dict, start_response: Any) -> list[bytes]:
+        environ["wsgi.early_hints"]([("Link", "</style.css>; rel=preload; as=style")])
+        start_response("200 OK", [("Content-Length", "2")])
+        return [b"ok"]
+
+    server = serve(app)
+    raw = raw_exchange(server.port, CLOSE_GET)
+    hints, sep, rest = raw.partition(b"\r\n\r\n")
+    assert hints == b"HTTP/1.1 103 Early Hints\r\nLink: </style.css>; rel=preload; as=style"
+    assert rest.startswith(b"HTTP/1.1 200 OK\r\n") and rest.endswith(b"\r\n\r\nok")
+    # not to HTTP/1.0 clients, and bad hint fields are the app's error
+    raw = raw_exchange(server.port, b"GET / HTTP/1.0\r\n\r\n")
+    assert raw.startswith(b"HTTP/1.1 200 OK") and b"103" not in raw
+
+    def bad(environ: dict, start_response: Any) -> list[bytes]:
+        environ["wsgi.early_hints"]([("Link", "x\r\nInjected: 1")])
+        start_response("200 OK", [])
+        return [b"ok"]
+
+    raw = raw_exchange(serve(bad).port, CLOSE_GET)
+    assert raw.startswith(b"HTTP/1.1 500 ") and b"Injected" not in raw
+
+
+# -- item 3: Content-Length twice ----------------------------------------------------------
+
+def test_two_different_content_lengths_are_a_500_identical_ones_collapse(serve: Any) -> None:
+    raw = raw_exchange(serve(app_with("200 OK", [("Content-Length", "4"), ("Content-Length", "40")])).port,
+                       CLOSE_GET)
+    assert raw.startswith(b"HTTP/1.1 500 ")
+    raw = raw_exchange(serve(app_with("200 OK", [("Content-Length", "4"), ("content-length", "04")])).port,
+                       CLOSE_GET)
+    _, fields = assert_clean_head(raw)
+    assert [f for f in fields if f.lower().startswith(b"content-length")] == [b"Content-Length: 4"]
+    assert raw.endswith(b"\r\n\r\nbody")
+
+
+# -- item 4: a body that misses its Content-Length is logged -------------------------------
+
+@pytest.mark.parametrize(("length", "words"), [("2", "longer"), ("10", "shorter")])
+def test_body_missing_its_content_length_is_logged_once(serve: Any, caplog: Any, length: str,
+                                                        words: str) -> None:
+    def app(environ: dict, start_response: Any) -> list[bytes]:
+        start_response("200 OK", [("Content-Length", length)])
+        return [b"ab", b"cd"]
+
+    server = serve(app)
+    with caplog.at_level(logging.WARNING, logger="wsgiplus.error"):
+        raw = raw_exchange(server.port, b"GET /the/path HTTP/1.1\r\nHost: t\r\n\r\n")
+    assert raw.endswith(b"\r\n\r\nab" if words == "longer" else b"\r\n\r\nabcd")
+    lines = [r.getMessage() for r in caplog.records if "Content-Length" in r.getMessage()]
+    assert len(lines) == 1 and words in lines[0] and "/the/path" in lines[0], lines
+
+
+# -- issue 14: Connection: close from the app is honoured, other hop-by-hop fields dropped ---
+
+def test_app_connection_close_is_honoured(serve: Any) -> None:
+    server = serve(app_with("200 OK", [("Content-Length", "4"), ("Connection", "close")]))
+    with socket.create_connection(("127.0.0.1", server.port), timeout=5) as sock:
+        sock.sendall(b"GET / HTTP/1.1\r\nHost: t\r\n\r\nGET /2 HTTP/1.1\r\nHost: t\r\n\r\n")
+        raw = read_until_close(sock)
+    responses = parse_responses(raw)
+    assert [s for s, _, _ in responses] == [200]  # closed after this response, the pipelined one not answered
+    _, fields = assert_clean_head(raw)
+    assert fields.count(b"Connection: close") == 1
+
+
+def test_other_hop_by_hop_fields_are_dropped_with_one_warning_per_name(serve: Any, caplog: Any) -> None:
+    server = serve(app_with("200 OK", [("Content-Length", "4"), ("Keep-Alive", "timeout=5"),
+                                       ("Connection", "keep-alive"), ("X-Kept", "1")]))
+    with caplog.at_level(logging.WARNING, logger="wsgiplus.error"):
+        with socket.create_connection(("127.0.0.1", server.port), timeout=5) as sock:
+            sock.sendall(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n" * 2 + CLOSE_GET)
+            raw = read_until_close(sock)
+    responses = parse_responses(raw)
+    assert [s for s, _, _ in responses] == [200, 200, 200]  # keep-alive kept: nothing closed early
+    assert b"Keep-Alive" not in raw and b"keep-alive" not in raw and raw.count(b"X-Kept: 1") == 3
+    warned = [r.getMessage() for r in caplog.records if "hop-by-hop" in r.getMessage()]
+    assert len([w for w in warned if "'Keep-Alive'" in w]) <= 1
+    assert len([w for w in warned if "'Connection'" in w]) <= 1
+    # Transfer-Encoding would corrupt the framing: still refused
+    raw = raw_exchange(serve(app_with("200 OK", [("Transfer-Encoding", "chunked")])).port, CLOSE_GET)
+    assert raw.startswith(b"HTTP/1.1 500 ")
