@@ -237,3 +237,62 @@ def test_other_hop_by_hop_fields_are_dropped_with_one_warning_per_name(serve: An
     # Transfer-Encoding would corrupt the framing: still refused
     raw = raw_exchange(serve(app_with("200 OK", [("Transfer-Encoding", "chunked")])).port, CLOSE_GET)
     assert raw.startswith(b"HTTP/1.1 500 ")
+
+
+# -- request side (items 5, 6, 7, 9) -------------------------------------------------------
+
+def environ_app(environ: dict, start_response: Any) -> list[bytes]:
+    import json
+
+    keys = ("HTTP_HOST", "HTTP_AUTHORIZATION", "HTTP_X_FORWARDED_FOR", "CONTENT_TYPE", "HTTP_X_PAD",
+            "PATH_INFO", "QUERY_STRING", "SERVER_PROTOCOL", "wsgiplus.trailers")
+    body = json.dumps({k: environ.get(k) for k in keys}).encode()
+    start_response("200 OK", [("Content-Type", "application/json"), ("Content-Length", str(len(body)))])
+    return [body]
+
+
+def environ_of(raw: bytes) -> dict:
+    import json
+
+    assert raw.startswith(b"HTTP/1.1 200 "), raw[:100]
+    return json.loads(raw.partition(b"\r\n\r\n")[2])
+
+
+def test_trailers_are_never_merged_into_the_environ(serve: Any) -> None:
+    server = serve(environ_app)
+    raw = raw_exchange(server.port, b"GET /basic-auth/u/p HTTP/1.1\r\nHost: real.example\r\n"
+                       b"Content-Type: text/plain\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
+                       b"0\r\nAuthorization: Basic dTpw\r\nHost: evil.example\r\nX-Forwarded-For: 6.6.6.6\r\n"
+                       b"Content-Type: evil/type\r\nX-Checksum: abc\r\n\r\n")
+    env = environ_of(raw)
+    assert env["HTTP_AUTHORIZATION"] is None and env["HTTP_X_FORWARDED_FOR"] is None
+    assert env["HTTP_HOST"] == "real.example" and env["CONTENT_TYPE"] == "text/plain"
+    assert env["wsgiplus.trailers"] == [["X-Checksum", "abc"]]  # forbidden fields left out
+
+
+def test_field_values_are_trimmed(serve: Any) -> None:
+    server = serve(environ_app)
+    env = environ_of(raw_exchange(server.port, b"GET / HTTP/1.1\r\nHost: \t h.example \t\r\n"
+                                               b"X-Pad:   v  a \t \r\nConnection: close\r\n\r\n"))
+    assert (env["HTTP_HOST"], env["HTTP_X_PAD"]) == ("h.example", "v  a")
+
+
+@pytest.mark.parametrize("line", [b"GET / RTSP/1.0", b"OPTIONS * RTSP/1.0", b"SOURCE / ICE/1.0",
+                                  b"DESCRIBE / RTSP/1.0"])
+def test_protocols_other_than_http_are_refused(serve: Any, line: bytes) -> None:
+    server = serve(environ_app)
+    raw = raw_exchange(server.port, line + b"\r\nHost: h\r\n\r\n")
+    assert raw.startswith(b"HTTP/1.1 400 "), raw[:80]
+    # and behind a valid request with the same target, pipelined
+    raw = raw_exchange(server.port, b"GET / HTTP/1.1\r\nHost: h\r\n\r\n" + line + b"\r\nHost: h\r\n\r\n")
+    assert [s for s, _, _ in parse_responses(raw)][-1] == 400
+
+
+def test_absolute_form_target_sets_the_host(serve: Any) -> None:
+    server = serve(environ_app)
+    env = environ_of(raw_exchange(server.port, b"GET http://target.example:81/p/q?x=1 HTTP/1.1\r\n"
+                                               b"Host: header.example\r\nConnection: close\r\n\r\n"))
+    assert (env["HTTP_HOST"], env["PATH_INFO"], env["QUERY_STRING"]) == ("target.example:81", "/p/q", "x=1")
+    env = environ_of(raw_exchange(server.port, b"GET http://[::1]/ HTTP/1.1\r\nHost: other\r\n"
+                                               b"Connection: close\r\n\r\n"))
+    assert env["HTTP_HOST"] == "[::1]"

@@ -121,6 +121,7 @@ class Request:
         "content_length",
         "chunked",
         "upgrade",
+        "trailers",
     )
 
     def __init__(
@@ -148,6 +149,7 @@ class Request:
         self.content_length = content_length
         self.chunked = chunked
         self.upgrade = upgrade
+        self.trailers: list[tuple[bytes, bytes]] | None = None  # chunked trailer section, if any
 
     @property
     def has_body(self) -> bool:
@@ -206,6 +208,11 @@ class RequestParser:
         self._headers: list[tuple[bytes, bytes]] = []
         self._in_head = False
         self._in_message = False
+        self._request: Request | None = None  # whose trailer fields may still come
+        self._trailers: list[tuple[bytes, bytes]] | None = None
+        self._data = b""  # the bytes being fed, and before them those of an unfinished head:
+        self._window: bytearray | None = None  # where the request line's protocol name is checked
+        self._search_from = 0  # in the window: past the request lines already checked
         self._keep_alive = True
         self._head_bytes = 0
         self._body_bytes = 0
@@ -226,9 +233,13 @@ class RequestParser:
         if self.finished:
             raise ProtocolError(400, "data after the end of HTTP on this connection")
         self._events = events = []
+        self._data = data
+        if self._window is None:
+            self._search_from = 0
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade as exc:
+            self._data = b""
             self.finished = True
             self.upgraded_data = bytes(data[exc.args[0] :])
             return events
@@ -242,8 +253,14 @@ class RequestParser:
         except httptools.HttpParserError as exc:
             error = ProtocolError(400, str(exc) or "malformed request")
         else:
+            self._data = b""  # the parser keeps no reference to what it was fed
             if not self._in_head:
+                self._window = None
                 return events
+            if self._window is None:
+                self._window = bytearray(data)
+            else:
+                self._window += data  # bounded by max_head_bytes, below
             self._head_bytes += len(data)
             if self._head_bytes > self.limits.max_head_bytes:
                 error = ProtocolError(431, "request header section too large")
@@ -253,6 +270,8 @@ class RequestParser:
             else:
                 self.budget.refuse("a request head was refused with 503")
                 error = ProtocolError(503, "server busy: too much buffered request data")
+        self._data = b""
+        self._window = None
         self.finished = True
         self._uncharge()
         error.events = events
@@ -268,6 +287,7 @@ class RequestParser:
         self._uncharge()
         self._headers = []
         self._url = b""
+        self._window = None
         self.finished = True
 
     # httptools callbacks -------------------------------------------------
@@ -286,11 +306,18 @@ class RequestParser:
             raise ProtocolError(414, "request target too long")
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        headers = self._headers
+        if self._in_head:
+            headers = self._headers
+        else:  # after the body: a chunked trailer field, never one of the head's
+            headers = self._trailers
+            if headers is None:
+                headers = self._trailers = []
         if len(headers) >= self.limits.max_header_count:
             raise ProtocolError(431, "too many header fields")
         if len(name) + len(value) + 2 > self.limits.max_header_size:
             raise ProtocolError(431, "header field too large")
+        if value[-1:] in (b" ", b"\t"):
+            value = value.rstrip(b" \t")  # OWS is not part of the value (RFC 9110 5.5); llhttp trims the left
         headers.append((name, value))
 
     def on_headers_complete(self) -> None:
@@ -300,6 +327,7 @@ class RequestParser:
         version = parser.get_http_version()
         if version not in ("1.1", "1.0"):
             raise ProtocolError(505 if version[:1] not in ("0", "1") else 400, "unsupported HTTP version")
+        self._check_protocol_name()
         content_length = None
         chunked = False
         expect_continue = False
@@ -343,10 +371,16 @@ class RequestParser:
                 raise ProtocolError(400, "invalid request target") from None
             path = parsed.path or b"/"
             query = parsed.query or b""
+            if parsed.host and parsed.schema:
+                # absolute-form: the target's authority is the Host (RFC 9112 3.2.2)
+                host = b"[" + parsed.host + b"]" if b":" in parsed.host else parsed.host
+                authority = host if parsed.port is None else b"%b:%d" % (host, parsed.port)
+                self._headers = [h for h in self._headers if h[0].lower() != b"host"]
+                self._headers.append((b"Host", authority))
         if not parser.should_upgrade():
             upgrade = None
-        self._events.append(
-            Request(
+        self._trailers = None
+        self._request = request = Request(
                 parser.get_method().decode("ascii"),
                 url,
                 path,
@@ -358,8 +392,22 @@ class RequestParser:
                 content_length,
                 chunked,
                 upgrade,
-            )
         )
+        self._events.append(request)
+
+    def _check_protocol_name(self) -> None:
+        """llhttp also parses RTSP/1.0 and ICE/1.0 request lines as version 1.0: refuse them.
+
+        The request line is in the bytes seen since the head began; it is the
+        first place where the target is followed by a space and a protocol name.
+        """
+        window = self._data if self._window is None else self._window + self._data
+        needle = b" " + self._url + b" "
+        at = window.find(needle, self._search_from)
+        end = at + len(needle)
+        if at < 0 or window[end : end + 5] != b"HTTP/":
+            raise ProtocolError(400, "not an HTTP request line")
+        self._search_from = end
 
     def _note_keep_alive(self, keep_alive: bool) -> bool:
         self._keep_alive = keep_alive
@@ -373,6 +421,12 @@ class RequestParser:
 
     def on_message_complete(self) -> None:
         self._in_message = False
+        request = self._request
+        if request is not None:
+            self._request = None
+            if self._trailers:
+                request.trailers = self._trailers
+                self._trailers = None
         self._events.append(END_OF_MESSAGE)
 
 

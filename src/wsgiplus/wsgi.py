@@ -266,6 +266,19 @@ class EmptyInput:
 
 _EMPTY_INPUT = EmptyInput()
 
+# fields a trailer section must not carry (RFC 9110 6.5.1): framing, routing,
+# request modifiers, authentication, and how to process the content
+FORBIDDEN_TRAILERS = frozenset(
+    name.encode()
+    for name in (
+        "transfer-encoding content-length host authorization proxy-authorization cookie "
+        "expect max-forwards pragma range te trailer cache-control if-match if-none-match "
+        "if-modified-since if-unmodified-since if-range content-encoding content-type "
+        "content-range x-forwarded-for x-forwarded-proto x-forwarded-host x-forwarded-port "
+        "forwarded connection keep-alive upgrade"
+    ).split()
+)
+
 _header_keys: dict[bytes, str | None] = {}
 
 
@@ -346,6 +359,13 @@ def build_environ(
                 continue
             text = environ[key] + ("; " if key == "HTTP_COOKIE" else ",") + text
         environ[key] = text
+    trailers = request.trailers
+    if trailers:  # never merged into HTTP_*: the head's fields were checked, these were not
+        environ["wsgiplus.trailers"] = [
+            (name.decode("latin-1"), value.decode("latin-1"))
+            for name, value in trailers
+            if name.lower() not in FORBIDDEN_TRAILERS
+        ]
     if request.chunked:
         environ.pop("HTTP_TRANSFER_ENCODING", None)
         if body is not None:
