@@ -296,3 +296,80 @@ def test_absolute_form_target_sets_the_host(serve: Any) -> None:
     env = environ_of(raw_exchange(server.port, b"GET http://[::1]/ HTTP/1.1\r\nHost: other\r\n"
                                                b"Connection: close\r\n\r\n"))
     assert env["HTTP_HOST"] == "[::1]"
+
+
+# -- item 10: finished bodies freed without the cyclic GC; one budget for buffered memory ----
+
+def test_a_finished_request_frees_its_body_without_the_cyclic_gc(serve: Any) -> None:
+    import gc
+    import weakref
+
+    refs: list[Any] = []
+
+    def app(environ: dict, start_response: Any) -> list[bytes]:
+        body = environ["wsgi.input"]
+        refs.append(weakref.ref(body))
+        data = body.read()
+        environ["wsgi.early_hints"]  # the environ holds the server's callables, as apps see them
+        start_response("200 OK", [("Content-Length", str(len(data)))])
+        return [data]
+
+    server = serve(app)
+    gc.collect()
+    gc.disable()
+    try:
+        for _ in range(3):
+            raw = raw_exchange(server.port, b"POST / HTTP/1.1\r\nHost: t\r\nContent-Length: 100000\r\n"
+                                            b"Connection: close\r\n\r\n" + b"x" * 100000)
+            assert raw.endswith(b"x" * 1000)
+        from conftest import wait_for
+        assert wait_for(lambda: all(r() is None for r in refs), timeout=10), "a body outlived its request"
+        assert wait_for(lambda: server.server.budget.used == 0, timeout=10)
+    finally:
+        gc.enable()
+
+
+def test_buffered_bodies_past_the_budget_go_to_temp_files(serve: Any, caplog: Any) -> None:
+    from conftest import wait_for
+
+    def app(environ: dict, start_response: Any) -> list[bytes]:
+        kind = type(environ["wsgi.input"]).__name__
+        size = len(environ["wsgi.input"].read())
+        body = f"{kind} {size}".encode()
+        start_response("200 OK", [("Content-Length", str(len(body)))])
+        return [body]
+
+    server = serve(app, max_buffered_size=100_000)
+    head = b"POST / HTTP/1.1\r\nHost: t\r\nContent-Length: 90000\r\nConnection: close\r\n\r\n"
+    with caplog.at_level(logging.WARNING, logger="wsgiplus.error"), \
+            socket.create_connection(("127.0.0.1", server.port), timeout=10) as first:
+        first.sendall(head + b"a" * 80_000)  # held in memory, waiting for the rest
+        assert wait_for(lambda: server.server.budget.used >= 80_000, timeout=10)
+        second = raw_exchange(server.port, head + b"b" * 90_000)
+        assert second.endswith(b"\r\n\r\nBufferedRandom 90000") or b"90000" in second
+        assert b"BytesIO" not in second  # spooled: past the budget
+        assert "at its budget" in caplog.text
+        first.sendall(b"a" * 10_000)
+        assert read_until_close(first).endswith(b"BytesIO 90000")  # the first stayed in memory
+    assert wait_for(lambda: server.server.budget.used == 0, timeout=10)
+
+
+def test_incomplete_heads_past_the_budget_get_503(serve: Any, caplog: Any) -> None:
+    from conftest import wait_for
+
+    server = serve(environ_app, max_buffered_size=50_000, max_header_size=8190)
+    fields = b"".join(b"X-Pad-%d: %b\r\n" % (i, b"p" * 4000) for i in range(10))  # ~40 KB
+    with caplog.at_level(logging.WARNING, logger="wsgiplus.error"), \
+            socket.create_connection(("127.0.0.1", server.port), timeout=10) as first:
+        first.sendall(b"GET / HTTP/1.1\r\nHost: t\r\n" + fields)  # a head not finished yet
+        assert wait_for(lambda: server.server.budget.used >= 40_000, timeout=10)
+        raw = raw_exchange(server.port, b"GET / HTTP/1.1\r\nHost: t\r\n" + fields)
+        assert raw.startswith(b"HTTP/1.1 503 "), raw[:80]
+        assert "at its budget" in caplog.text
+        first.sendall(b"Connection: close\r\n\r\n")
+        assert read_until_close(first).startswith(b"HTTP/1.1 200 ")
+    # a connection that leaves with half a head gives its bytes back
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as third:
+        third.sendall(b"GET / HTTP/1.1\r\nHost: t\r\n" + fields)
+        assert wait_for(lambda: server.server.budget.used >= 40_000, timeout=10)
+    assert wait_for(lambda: server.server.budget.used == 0, timeout=10)
