@@ -373,3 +373,76 @@ def test_incomplete_heads_past_the_budget_get_503(serve: Any, caplog: Any) -> No
         third.sendall(b"GET / HTTP/1.1\r\nHost: t\r\n" + fields)
         assert wait_for(lambda: server.server.budget.used >= 40_000, timeout=10)
     assert wait_for(lambda: server.server.budget.used == 0, timeout=10)
+
+
+# -- item 11: a trickled body is cut by its total deadline -----------------------------------
+
+def test_a_trickled_body_is_cut_by_the_minimum_rate(serve: Any, caplog: Any) -> None:
+    calls: list[int] = []
+
+    def app(environ: dict, start_response: Any) -> list[bytes]:
+        calls.append(1)
+        start_response("200 OK", [])
+        return [b"late"]
+
+    # each gap (0.2 s) is well inside body_timeout, so only the total deadline
+    # (body_timeout + received / body_min_rate, about 3 s here) can cut it
+    server = serve(app, body_timeout=3.0, body_min_rate=1000)
+    with caplog.at_level(logging.INFO, logger="wsgiplus.error"), \
+            socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+        sock.sendall(b"POST / HTTP/1.1\r\nHost: t\r\nContent-Length: 1000\r\n\r\n")
+        answer = b""
+        sock.settimeout(0.2)
+        for _ in range(150):  # 30 s at most; the 1000 bytes would take 200 s
+            try:
+                sock.sendall(b"x")
+                answer = sock.recv(4096)
+            except TimeoutError:
+                continue
+            except (BrokenPipeError, ConnectionResetError):
+                break
+            if answer:
+                break
+    assert answer.startswith(b"HTTP/1.1 408 "), answer[:80]
+    assert calls == [] and "request body timeout" in caplog.text
+
+
+# -- item 13 and issue 14: one proxy-header family, believed by default from loopback --------
+
+def proxy_app(environ: dict, start_response: Any) -> list[bytes]:
+    body = f"{environ['REMOTE_ADDR']} {environ['wsgi.url_scheme']} {environ.get('HTTP_HOST')}".encode()
+    start_response("200 OK", [("Content-Length", str(len(body)))])
+    return [body]
+
+
+# what nginx with the documented config sends: its own X-Forwarded-*, and the client's own Forwarded
+THROUGH_NGINX = (b"GET / HTTP/1.1\r\nHost: shop.example\r\nForwarded: for=6.6.6.6;proto=https;host=evil\r\n"
+                 b"X-Forwarded-For: 203.0.113.9\r\nX-Forwarded-Proto: http\r\nConnection: close\r\n\r\n")
+
+
+def test_a_clients_forwarded_header_does_not_beat_nginxs_x_forwarded(serve: Any) -> None:
+    server = serve(proxy_app, proxy_headers=True, forwarded_allow_ips=["127.0.0.1"])
+    raw = raw_exchange(server.port, THROUGH_NGINX)
+    assert raw.endswith(b"\r\n\r\n203.0.113.9 http shop.example"), raw[-80:]
+    # the other family, when that is what the proxy sets
+    server = serve(proxy_app, forwarded_allow_ips=["127.0.0.1"], forwarded_headers="forwarded")
+    raw = raw_exchange(server.port, THROUGH_NGINX)
+    assert raw.endswith(b"\r\n\r\n6.6.6.6 https evil"), raw[-80:]
+
+
+def test_proxy_headers_are_believed_by_default_from_loopback_through_the_cli(tmp_path: Any) -> None:
+    from conftest import cli_server
+
+    (tmp_path / "proxyapp.py").write_text(
+        "def app(environ, start_response):\n"
+        "    body = (environ['REMOTE_ADDR'] + ' ' + environ['wsgi.url_scheme']).encode()\n"
+        "    start_response('200 OK', [('Content-Length', str(len(body)))])\n"
+        "    return [body]\n")
+    request = (b"GET / HTTP/1.1\r\nHost: t\r\nX-Forwarded-For: 203.0.113.9\r\n"
+               b"X-Forwarded-Proto: https\r\nConnection: close\r\n\r\n")
+    with cli_server(["proxyapp:app"], cwd=tmp_path) as server:
+        assert raw_exchange(server.port, request).endswith(b"\r\n\r\n203.0.113.9 https")
+    with cli_server(["proxyapp:app", "--no-proxy-headers"], cwd=tmp_path) as server:
+        assert raw_exchange(server.port, request).endswith(b"\r\n\r\n127.0.0.1 http")
+    with cli_server(["proxyapp:app", "--forwarded-allow-ips", "10.0.0.0/8"], cwd=tmp_path) as server:
+        assert raw_exchange(server.port, request).endswith(b"\r\n\r\n127.0.0.1 http")
