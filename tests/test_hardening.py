@@ -446,3 +446,62 @@ def test_proxy_headers_are_believed_by_default_from_loopback_through_the_cli(tmp
         assert raw_exchange(server.port, request).endswith(b"\r\n\r\n127.0.0.1 http")
     with cli_server(["proxyapp:app", "--forwarded-allow-ips", "10.0.0.0/8"], cwd=tmp_path) as server:
         assert raw_exchange(server.port, request).endswith(b"\r\n\r\n127.0.0.1 http")
+
+
+# -- item 12: at the fd limit, both loops: back off or carry on, one log line, serve again ----
+
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+def test_at_the_fd_limit_one_log_line_and_serving_resumes(tmp_path: Any, loop: str) -> None:
+    import resource
+    import subprocess
+    import sys
+    import threading
+    import time
+
+    pytest.importorskip(loop)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "wsgiplus", "wsgiplus.demo:app", "--loop", loop, "--bind", "127.0.0.1:0",
+         "--threads", "2", "--no-access-log", "--header-timeout", "60"],
+        cwd=tmp_path, stderr=subprocess.PIPE, text=True, start_new_session=True,
+        preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (64, 64)))
+    log: list[str] = []
+    clients: list[socket.socket] = []
+    try:
+        port = None
+        deadline = time.monotonic() + 30
+        while port is None and time.monotonic() < deadline:
+            line = proc.stderr.readline()
+            if not line:
+                break
+            log.append(line)
+            m = re.search(r"listening on 127\.0\.0\.1:(\d+)", line)
+            port = int(m.group(1)) if m else None
+        assert port, "".join(log)
+        threading.Thread(target=lambda: log.extend(proc.stderr), daemon=True).start()
+        for _ in range(100):  # more than 64 fds: the server hits EMFILE
+            clients.append(socket.create_connection(("127.0.0.1", port), timeout=5))
+        from conftest import wait_for
+        assert wait_for(lambda: any("out of file descriptors" in x for x in log), timeout=15), "".join(log)
+        time.sleep(2)  # asyncio used to log a traceback per backlog entry per second here
+        assert sum("out of file descriptors" in x for x in log) == 1
+        assert not any("Traceback" in x for x in log), "".join(log[:20])
+        for c in clients:
+            c.close()
+        clients.clear()
+
+        def served() -> bool:
+            try:
+                return raw_exchange(port, CLOSE_GET, timeout=2).startswith(b"HTTP/1.1 200 ")
+            except OSError:
+                return False
+
+        assert wait_for(served, timeout=15)
+    finally:
+        for c in clients:
+            c.close()
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)

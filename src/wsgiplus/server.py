@@ -20,10 +20,19 @@ import traceback
 from collections.abc import Callable, Iterable
 from typing import Any
 
+from . import fdlimit
 from .config import Config
 from .listeners import bind_socket, describe, socket_from_fd
 from .pool import ThreadPool
-from .protocol import Data, EndOfMessage, MemoryBudget, ProtocolError, Request, RequestParser, error_response
+from .protocol import (
+    Data,
+    EndOfMessage,
+    MemoryBudget,
+    ProtocolError,
+    Request,
+    RequestParser,
+    error_response,
+)
 from .runner import Runner, Suspensions
 from .wsgi import BodyBuffer, body_time_left, build_environ, environ_template
 
@@ -396,6 +405,10 @@ def new_event_loop(kind: str = "auto") -> asyncio.AbstractEventLoop:
                 raise
         else:
             return uvloop.new_event_loop()
+    if sys.platform != "win32":
+        from .fdlimit import SelectorLoop  # backs off on EMFILE instead of spinning
+
+        return SelectorLoop()
     return asyncio.new_event_loop()
 
 
@@ -426,6 +439,7 @@ class Server:
         self._sweep_every = 1.0
         self._spare_parsers: list[RequestParser] = []
         self._warned: set[tuple[int, float]] = set()
+        self._uvloop = False
 
     @property
     def addresses(self) -> list[str]:
@@ -466,6 +480,7 @@ class Server:
         timeouts = [t for t in (config.keepalive_timeout, config.header_timeout, config.body_timeout) if t]
         self._sweep_every = min([1.0] + [max(0.05, t / 4) for t in timeouts])
         self._sweeper = self.loop.call_later(self._sweep_every, self._sweep)
+        self._uvloop = type(self.loop).__module__.startswith("uvloop")
         for addr in self.addresses:
             log.info("WSGI+ listening on %s (%d threads, pid %d)", addr, config.threads, os.getpid())
 
@@ -498,6 +513,8 @@ class Server:
         now = self.loop.time()
         for conn in tuple(self.connections):
             conn.check_timer(now)
+        if self._uvloop:  # libuv closes clients at the fd limit silently: say so
+            fdlimit.probe(f"new connections are closed at once by uvloop; {len(self.connections)} open")
         self._sweeper = self.loop.call_later(self._sweep_every, self._sweep)
 
     def _watch_pool(self) -> None:
