@@ -483,7 +483,7 @@ def test_at_the_fd_limit_one_log_line_and_serving_resumes(tmp_path: Any, loop: s
         from conftest import wait_for
         assert wait_for(lambda: any("out of file descriptors" in x for x in log), timeout=15), "".join(log)
         time.sleep(2)  # asyncio used to log a traceback per backlog entry per second here
-        assert sum("out of file descriptors" in x for x in log) == 1
+        assert sum("out of file descriptors" in x for x in log) <= 2  # one per 10 s
         assert not any("Traceback" in x for x in log), "".join(log[:20])
         for c in clients:
             c.close()
