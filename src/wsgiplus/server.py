@@ -270,6 +270,7 @@ class HTTPConnection(asyncio.Protocol):
             if ex.complete:
                 self._start(ex)
             elif ex.body is not None:
+                ex.body.restart_clock()  # its turn: the wait behind the others is not its fault
                 self._set_body_timer(ex.body)
         elif self.pending_error is not None:
             self._send_error(self.pending_error)

@@ -145,7 +145,7 @@ class BodyBuffer:
     the environ and the runner hold no cycle) or spilled.
     """
 
-    __slots__ = ("_file", "_size", "_spool", "_spilled", "_budget", "_charged", "started")
+    __slots__ = ("_file", "_size", "_spool", "_spilled", "_budget", "_charged", "started", "counted")
 
     def __init__(self, spool_size: int, budget: MemoryBudget | None = None) -> None:
         self._file: IO[bytes] = io.BytesIO()
@@ -154,7 +154,13 @@ class BodyBuffer:
         self._spilled = False
         self._budget = budget
         self._charged = 0
-        self.started = time.monotonic()  # for the body's total deadline (body_min_rate)
+        self.started = time.monotonic()  # for the body's total deadline (body_min_rate) ...
+        self.counted = 0  # ... which counts the bytes received since then
+
+    def restart_clock(self) -> None:
+        """Start the total deadline again from now (the body waited behind other requests)."""
+        self.started = time.monotonic()
+        self.counted = self._size
 
     def write(self, data: bytes) -> None:
         self._size += len(data)
@@ -204,7 +210,7 @@ def body_time_left(body: BodyBuffer, timeout: float, min_rate: float | None) -> 
     ``timeout + bytes received / min_rate`` from its start (so a trickle is cut)."""
     if not min_rate or not timeout:
         return timeout
-    total = body.started + timeout + body.size / min_rate - time.monotonic()
+    total = body.started + timeout + (body.size - body.counted) / min_rate - time.monotonic()
     return max(0.001, min(timeout, total))
 
 
