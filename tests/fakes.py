@@ -111,7 +111,7 @@ class RecordingStream(Stream):
     """A stream that keeps what the runner sent: ``wire`` (delivered items, in order)
     and ``outcome`` (the one of complete/error/abort it was told, with its argument)."""
 
-    __slots__ = ("wire", "outcomes", "head", "known_length", "ended", "__weakref__")
+    __slots__ = ("wire", "outcomes", "head", "known_length", "ended", "hints", "__weakref__")
 
     def __init__(self, loop: Any, method: str = "GET") -> None:
         super().__init__(loop, ExchangeRecord(method))
@@ -120,6 +120,11 @@ class RecordingStream(Stream):
         self.head: ResponseHead | None = None
         self.known_length: int | None = None
         self.ended = False
+        self.hints: list[tuple[int, list]] = []  # informational responses (1xx)
+
+    def informational(self, status: int, headers: list[tuple[str, str]]) -> None:
+        assert self.head is None, "a 1xx after the head"
+        self.hints.append((status, headers))
 
     def start(self, head: ResponseHead, known_length: int | None) -> bool:
         assert self.head is None, "start() called twice"

@@ -52,6 +52,7 @@ class Harness:
             method=method, target=b"/p?q=1", path=b"/p", query=b"q=1", headers=[(b"host", b"t")],
             http_version="1.1", body=None, remote=("127.0.0.1", 1),
             client_disconnected=self.stream.is_disconnected, pause_output=self.runner.pause_output,
+            early_hints=self.runner.early_hints,
         )
 
     def start(self) -> Harness:
@@ -375,6 +376,18 @@ def test_legacy_write_sends_before_the_iterable() -> None:
     assert h.stream.body == b"wi" and h.stream.outcome == ("complete", None)
 
 
+def test_early_hints_go_to_the_stream_before_the_head_only() -> None:
+    def app(environ: dict, start_response: Any) -> Any:
+        environ["wsgi.early_hints"]([("Link", "</a.css>; rel=preload")])
+        ok_head(start_response)
+        yield b"x"
+        environ["wsgi.early_hints"]([("Link", "</late>")])  # after the head: ignored
+
+    h = Harness(app).start().drive()
+    assert h.stream.hints == [(103, [("Link", "</a.css>; rel=preload")])]
+    assert h.stream.outcome == ("complete", None)
+
+
 def test_start_response_twice_without_exc_info_is_an_error() -> None:
     def app(environ: dict, start_response: Any) -> Any:
         ok_head(start_response)
@@ -385,15 +398,20 @@ def test_start_response_twice_without_exc_info_is_an_error() -> None:
     assert h.stream.outcome == ("error", 500)
 
 
-def test_the_runner_adds_no_environ_keys() -> None:
+def test_the_runner_adds_no_environ_keys_and_removes_its_own_at_the_end() -> None:
+    seen: list[dict] = []
+
     def app(environ: dict, start_response: Any) -> Any:
+        seen.append(dict(environ))
         ok_head(start_response)
         return []
 
     h = Harness(app)
     before = dict(h.environ)
     h.start().drive()
-    assert h.environ == before  # make_environ is the only place keys are set
+    assert seen == [before]  # make_environ is the only place keys are set
+    # finished: the keys bound to the runner are gone (an environ the app keeps holds no runner)
+    assert set(before) - set(h.environ) == {"wsgi.pause_output", "wsgiplus.pause_output", "wsgi.early_hints"}
 
 
 def test_a_finished_request_is_freed_without_the_cyclic_gc() -> None:

@@ -34,10 +34,15 @@ class Config:
     max_header_size: int = 8190
     max_body_size: int = 1024 * 1024 * 1024
     body_spool_size: int = 1024 * 1024  # bodies above this go to a temp file
+    # memory held by buffered request heads and bodies, all connections of a worker:
+    # past it bodies go to temp files and incomplete heads get 503
+    max_buffered_size: int | None = 128 * 1024 * 1024
     # timeouts, seconds
     keepalive_timeout: float = 5.0  # idle keep-alive connection
     header_timeout: float = 10.0  # from a connection's first byte to a complete head
     body_timeout: float = 30.0  # between two pieces of a request body
+    # and in total: body_timeout + bytes received / body_min_rate (a trickle is cut; 408)
+    body_min_rate: int | None = 500  # bytes per second, averaged
     request_timeout: float | None = None  # whole request, suspensions included
     graceful_timeout: float = 30.0
     # flow control
@@ -53,8 +58,9 @@ class Config:
     certfile: str | None = None
     keyfile: str | None = None
     keyfile_password: str | None = None
-    proxy_headers: bool = False  # trust X-Forwarded-* / Forwarded ...
+    proxy_headers: bool = True  # trust proxy headers (as gunicorn and uvicorn do) ...
     forwarded_allow_ips: list[str] = field(default_factory=lambda: ["127.0.0.1", "::1"])  # ... from these
+    forwarded_headers: str = "x-forwarded"  # ... of this family: x-forwarded (X-Forwarded-*) or forwarded
     # processes
     workers: int = 1
     max_requests: int = 0  # recycle a worker after this many requests (0: never)
@@ -102,6 +108,11 @@ class Config:
             raise ValueError(f"log_level must be critical, error, warning, info or debug, not {self.log_level!r}")
         if self.url_scheme not in ("http", "https"):
             raise ValueError(f"url_scheme must be http or https, not {self.url_scheme!r}")
+        if self.forwarded_headers not in ("x-forwarded", "forwarded"):
+            raise ValueError(f"forwarded_headers must be x-forwarded or forwarded, not {self.forwarded_headers!r}")
+        for name in ("max_buffered_size", "body_min_rate"):
+            if (getattr(self, name) or 0) < 0:
+                raise ValueError(f"{name} must not be negative")
         if self.keyfile and not self.certfile:
             raise ValueError("keyfile given without certfile")
         TrustedPeers(self.forwarded_allow_ips)

@@ -91,6 +91,7 @@ class Connection:
         http_version: str,
         body: IO[bytes] | None,
         chunked: bool = False,
+        trailers: list[tuple[bytes, bytes]] | None = None,
     ) -> Runner:
         """Build the environ, make the runner for ``stream`` and start it."""
         server = self.server
@@ -103,8 +104,8 @@ class Connection:
             suspensions=server.suspensions,
         )
         environ = make_environ(  # positional: this is the hot path
-            template, method, target, path, query, headers, http_version, body, self.remote,
-            chunked, stream.is_disconnected, runner.pause_output, server.proxy_fixer,
+            template, method, target, path, query, headers, http_version, body, self.remote, chunked,
+            trailers, stream.is_disconnected, runner.pause_output, runner.early_hints, server.proxy_fixer,
         )
         record = stream.record
         record.environ = environ

@@ -12,7 +12,7 @@ a request suspended longer than ``--timeout`` does not get the worker killed
 gunicorn settings used: bind (its sockets), threads, backlog, keepalive,
 graceful_timeout, max_requests (+ jitter), limit_request_line/fields/
 field_size (0 = unlimited), worker_connections (max open connections),
-forwarded_allow_ips (X-Forwarded-* and Forwarded are believed from these),
+forwarded_allow_ips (proxy headers of the forwarded_headers family are believed from these),
 certfile/keyfile, accesslog/access_log_format (lines go through gunicorn's
 own logger), loglevel/errorlog. WSGI+-only settings (max_suspended,
 suspend_timeout, header_timeout, ...) come from the TOML file named by the

@@ -96,6 +96,7 @@ class ThreadPool:
             except BaseException:  # a job must never kill its thread
                 log.exception("unhandled error in a pool job")
             started[index] = 0.0
+            job = fn = args = None  # an idle thread keeps no finished request alive
 
     def shutdown(self, timeout: float | None = None) -> None:
         """Finish queued jobs, then stop the threads (wait up to ``timeout``)."""

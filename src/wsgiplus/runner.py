@@ -117,6 +117,9 @@ def app_head(status: str, headers: list[tuple[str, str]]) -> ResponseHead:
         _HEADS[key] = head
     return head
 
+# the environ keys bound to a runner, removed when it finishes
+_BOUND_KEYS = ("wsgi.pause_output", "wsgiplus.pause_output", "wsgi.early_hints")
+
 # why a request was stopped early, and what the client gets if its head is not sent yet
 _STOP_STATUS = {
     "deadline": (504, "the request ran past its deadline"),
@@ -408,6 +411,9 @@ class Runner:
             self._timer.cancel()
             self._timer = None
         self.stream.consumer = None
+        env = self.environ
+        for key in _BOUND_KEYS:  # bound to this runner: an environ the app keeps holds no runner
+            env.pop(key, None)
         self.environ = NO_ENVIRON
         self._iterable = self._iterator = None
         return True
@@ -588,6 +594,18 @@ class Runner:
             except BaseException:
                 log.exception("Error closing the app iterable for %s %s", self.method,
                               self.environ.get("PATH_INFO", ""))
+
+    def early_hints(self, headers: list[tuple[str, str]]) -> None:
+        """``wsgi.early_hints(headers)`` (as gunicorn): a ``103 Early Hints`` now.
+
+        Before the response head only; bad headers raise like ``start_response``'s.
+        The stream decides whether its protocol sends it (HTTP/1.1 clients only
+        on HTTP/1.x, as gunicorn does).
+        """
+        fields = check_headers(headers)
+        if self.head_sent or self._stop_reason:
+            return
+        self.stream.informational(103, fields)
 
     def pause_output(self) -> Callable[[], None]:
         """``wsgi.pause_output()``: the next ``b""`` the app yields parks the request

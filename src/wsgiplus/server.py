@@ -22,6 +22,7 @@ import traceback
 from collections.abc import Callable, Iterable
 from typing import Any
 
+from . import fdlimit
 from .config import Config
 from .connection import Connection
 from .listeners import bind_socket, describe, socket_from_fd
@@ -29,6 +30,7 @@ from .pool import ThreadPool
 from .protocol import (
     Data,
     EndOfMessage,
+    MemoryBudget,
     ProtocolError,
     Request,
     RequestParser,
@@ -39,7 +41,7 @@ from .protocol import (
 )
 from .runner import Runner, Suspensions
 from .streams import NO_ENVIRON, ExchangeRecord, ResponseHead, Stream
-from .wsgi import BodyBuffer, environ_template
+from .wsgi import BodyBuffer, body_time_left, early_hints_head, environ_template
 
 log = logging.getLogger("wsgiplus.error")
 
@@ -72,11 +74,12 @@ class Exchange(Stream):
         "_head",
     )
 
-    def __init__(self, conn: HTTPConnection, request: Request, spool: int) -> None:
+    def __init__(self, conn: HTTPConnection, request: Request, spool: int,
+                 budget: MemoryBudget | None = None) -> None:
         Stream.__init__(self, conn.loop, ExchangeRecord(request.method, conn.remote))
         self.conn = conn
         self.request: Request | None = request
-        self.body = BodyBuffer(spool) if request.has_body else None
+        self.body = BodyBuffer(spool, budget) if request.has_body else None
         self.received = False  # the whole request (body included) has arrived
         self.runner: Runner | None = None
         self.method = request.method
@@ -111,13 +114,23 @@ class Exchange(Stream):
         return not self.paused
 
     def end(self) -> None:
-        tail = self.framer.end()  # type: ignore[union-attr]
+        framer = self.framer
+        tail = framer.end()  # type: ignore[union-attr]
         head = self._head
         if head is not None:
             self._head = None
             tail = head + tail
         if tail:
             self._push(tail, len(tail))
+        mismatch = framer.length_mismatch()  # type: ignore[union-attr]
+        if mismatch:
+            log.warning("response body of %s %s was %s", self.method, self.record.path, mismatch)
+
+    def informational(self, status: int, headers: list[tuple[str, str]]) -> None:
+        if status == 103 and self.http_version == "1.1":  # 1.0 clients do not expect 1xx
+            head = early_hints_head(headers)
+            self._push(head, len(head))
+            self.request_flush()
 
     # -- loop thread ----------------------------------------------------------------
 
@@ -243,7 +256,7 @@ class HTTPConnection(Connection, asyncio.Protocol):
             self._handle_events(events)
         if self.receiving is not None:
             if self.receiving.body is not None:
-                self._set_timer(self.config.body_timeout, self._on_body_timeout)
+                self._set_body_timer(self.receiving.body)
         elif parser.idle and not parser.finished:
             # Between requests the parser holds nothing: hand it back (~1 KB less
             # for a long suspended request); the next bytes take one from the pool.
@@ -258,6 +271,8 @@ class HTTPConnection(Connection, asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.disconnected = True
         self._cancel_timer()
+        if self.parser is not None:
+            self.parser.close()  # a partial head: return its bytes to the budget
         queue = self.queue
         self.queue = []
         for ex in queue:
@@ -286,7 +301,7 @@ class HTTPConnection(Connection, asyncio.Protocol):
             if kind is Data:
                 self.receiving.body.write(event.data)  # type: ignore[union-attr]
             elif kind is Request:
-                ex = Exchange(self, event, self.config.body_spool_size)
+                ex = Exchange(self, event, self.config.body_spool_size, self.server.budget)
                 self.receiving = ex
                 self.queue.append(ex)
                 if len(self.queue) == 1:
@@ -332,6 +347,7 @@ class HTTPConnection(Connection, asyncio.Protocol):
             http_version=request.http_version,
             body=ex.body.stream() if ex.body is not None else None,
             chunked=request.chunked,
+            trailers=request.trailers,
         )
         ex.request = None  # the environ has it all now; a suspended request keeps less
 
@@ -362,7 +378,8 @@ class HTTPConnection(Connection, asyncio.Protocol):
             if ex.received:
                 self._start(ex)
             elif ex.body is not None:
-                self._set_timer(self.config.body_timeout, self._on_body_timeout)
+                ex.body.restart_clock()  # its turn: the wait behind the others is not its fault
+                self._set_body_timer(ex.body)
         elif self.pending_error is not None:
             self._send_error(self.pending_error)
             return
@@ -425,6 +442,10 @@ class HTTPConnection(Connection, asyncio.Protocol):
         self._timer_kind = kind
         self._on_timeout = callback
         self._deadline = self.loop.time() + delay
+
+    def _set_body_timer(self, body: BodyBuffer) -> None:
+        config = self.config
+        self._set_timer(body_time_left(body, config.body_timeout, config.body_min_rate), self._on_body_timeout)
 
     def _cancel_timer(self) -> None:
         self._deadline = 0.0
@@ -493,6 +514,10 @@ def new_event_loop(kind: str = "auto") -> asyncio.AbstractEventLoop:
                 raise
         else:
             return uvloop.new_event_loop()
+    if sys.platform != "win32":
+        from .fdlimit import SelectorLoop  # backs off on EMFILE instead of spinning
+
+        return SelectorLoop()
     return asyncio.new_event_loop()
 
 
@@ -503,6 +528,7 @@ class Server:
         self.app = app
         self.config = config or Config()
         self.limits = self.config.limits
+        self.budget = MemoryBudget(self.config.max_buffered_size)  # request heads and bodies
         self.server_header = b"wsgiplus" if self.config.server_header else None
         self.loop: asyncio.AbstractEventLoop = None  # type: ignore[assignment]
         self.pool: ThreadPool = None  # type: ignore[assignment]
@@ -522,6 +548,7 @@ class Server:
         self._sweep_every = 1.0
         self._spare_parsers: list[RequestParser] = []
         self._warned: set[tuple[int, float]] = set()
+        self._uvloop = False
 
     @property
     def addresses(self) -> list[str]:
@@ -562,6 +589,7 @@ class Server:
         timeouts = [t for t in (config.keepalive_timeout, config.header_timeout, config.body_timeout) if t]
         self._sweep_every = min([1.0] + [max(0.05, t / 4) for t in timeouts])
         self._sweeper = self.loop.call_later(self._sweep_every, self._sweep)
+        self._uvloop = type(self.loop).__module__.startswith("uvloop")
         for addr in self.addresses:
             log.info("WSGI+ listening on %s (%d threads, pid %d)", addr, config.threads, os.getpid())
 
@@ -577,7 +605,7 @@ class Server:
     def take_parser(self) -> RequestParser:
         """A parser at the start of a message: a spare one, else a new one."""
         spare = self._spare_parsers
-        return spare.pop() if spare else RequestParser(self.limits)
+        return spare.pop() if spare else RequestParser(self.limits, self.budget)
 
     def give_parser(self, parser: RequestParser) -> None:
         """Keep an idle parser for the next request, if it can parse another message."""
@@ -610,6 +638,8 @@ class Server:
         now = self.loop.time()
         for conn in tuple(self.connections):
             conn.check_timer(now)
+        if self._uvloop:  # libuv closes clients at the fd limit silently: say so
+            fdlimit.probe(f"new connections are closed at once by uvloop; {len(self.connections)} open")
         self._sweeper = self.loop.call_later(self._sweep_every, self._sweep)
 
     def _watch_pool(self) -> None:

@@ -64,22 +64,35 @@ class ResponseHead:
     in runner.py keeps HTTP/1.1's speed. ``h2`` is a free slot for the HTTP/2
     side to cache its encoded header list the same way.
 
+    ``headers`` are the app's fields as sent, without a ``Connection: close``
+    (``wsgi.check_headers`` keeps only that hop-by-hop field): it becomes
+    ``close`` - the exchange is the last on its connection (HTTP/1.1 closes
+    after it; HTTP/2 may ignore it or GOAWAY) - and each protocol writes its
+    own connection-level fields.
+
     Instances are shared between threads (the cache hands one to every
     request with the same head); the lazy fields are idempotent, so two
     threads computing them at once store equal values.
     """
 
-    __slots__ = ("status", "headers", "status_code", "content_length", "h1", "h2")
+    __slots__ = ("status", "headers", "status_code", "content_length", "close", "h1", "h2")
 
     def __init__(self, status: str, headers: list[tuple[str, str]]) -> None:
         self.status = status
-        self.headers = headers
         self.status_code = int(status[:3])
         content_length = None
+        close = False
         for name, value in headers:
-            if len(name) == 14 and name.lower() == "content-length":
+            n = len(name)
+            if n == 14 and name.lower() == "content-length":
                 content_length = int(value)
+            elif n == 10 and name.lower() == "connection":
+                close = True
+        if close:
+            headers = [h for h in headers if h[0].lower() != "connection"]
+        self.headers = headers
         self.content_length = content_length
+        self.close = close
         self.h1: bytes | None = None
         self.h2: Any = None
 
@@ -222,6 +235,10 @@ class Stream:
     def end(self) -> None:
         """The body is complete (the app's iterable is exhausted)."""
         raise NotImplementedError
+
+    def informational(self, status: int, headers: list[tuple[str, str]]) -> None:
+        """A 1xx before the head (``wsgi.early_hints``: 103), fields already checked.
+        Pool thread. A protocol that cannot send it ignores it (the default)."""
 
     # -- any thread ------------------------------------------------------------
 
