@@ -31,9 +31,10 @@ class Connection:
     """Base of every connection the server holds (loop thread only).
 
     Subclasses set ``transport`` when connected, call ``server.connection_made(self)``
-    (which says whether ``max_connections`` allows it) and
-    ``server.connection_lost(self)`` when gone, and ``server.exchange_done(self, record)``
-    once per finished exchange (the access log line, ``--max-requests``).
+    (False: ``max_connections`` is exceeded; refuse in the protocol's own way: HTTP/1.1
+    answers 503) and ``server.connection_lost(self)`` when gone, and, once per finished
+    exchange, ``server.access(self, record)`` (the access log line, ``--max-requests``)
+    after ``server.active -= 1`` (``run_exchange`` counted it in).
     """
 
     __slots__ = ()  # subclasses keep theirs: no per-connection __dict__
