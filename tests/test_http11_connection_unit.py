@@ -10,7 +10,7 @@ from fakes import FakeLoop, FakePool, FakeTransport, drive
 
 from wsgiplus.config import Config
 from wsgiplus.connection import Connection
-from wsgiplus.server import HTTPConnection, Server
+from wsgiplus.server import Exchange, HTTPConnection, Server
 from wsgiplus.wsgi import environ_template
 
 
@@ -300,3 +300,19 @@ def test_max_connections_is_the_servers_and_answers_503() -> None:
     b.connect()
     conn, t = b.connect()
     assert t.take().startswith(b"HTTP/1.1 503 ") and t.closed
+
+
+def test_the_exchange_sets_every_field_of_a_stream() -> None:
+    """``Exchange.__init__`` inlines ``Stream.__init__`` (hot path): it must not drift."""
+    from wsgiplus.protocol import RequestParser
+    from wsgiplus.streams import Stream
+
+    b = Bench(hello)
+    conn, _ = b.connect()
+    request = RequestParser().feed(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")[0]
+    ex = Exchange(conn, request, 1024)
+    reference = Stream(b.loop, ex.record)  # type: ignore[arg-type]
+    for name in Stream.__slots__:
+        if name != "_lock":
+            assert getattr(ex, name) == getattr(reference, name), name
+    assert ex._lock is not None and ex._lock is not reference._lock

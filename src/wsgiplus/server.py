@@ -20,6 +20,7 @@ import sys
 import time
 import traceback
 from collections.abc import Callable, Iterable
+from threading import Lock
 from typing import Any
 
 from . import fdlimit
@@ -76,7 +77,16 @@ class Exchange(Stream):
 
     def __init__(self, conn: HTTPConnection, request: Request, spool: int,
                  budget: MemoryBudget | None = None) -> None:
-        Stream.__init__(self, conn.loop, ExchangeRecord(request.method, conn.remote))
+        # Stream.__init__, inlined (one per request): keep in step with streams.Stream
+        self.loop = conn.loop
+        self.record = ExchangeRecord(request.method, conn.remote)
+        self.consumer = None
+        self.paused = False
+        self.disconnected = False
+        self._lock = Lock()
+        self.outbox = None
+        self._out_size = 0
+        self.flush_posted = False
         self.conn = conn
         self.request: Request | None = request
         self.body = BodyBuffer(spool, budget) if request.has_body else None
