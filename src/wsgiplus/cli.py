@@ -101,6 +101,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="add up to this many to --max-requests, per worker, so they do not recycle together")
     opt("--graceful-timeout", field="graceful_timeout",
         help="seconds in-flight requests (suspended ones too) get to finish on stop/reload")
+    opt("--drain-grace", field="drain_grace",
+        help="on stop/reload, idle keep-alive connections stay open this long, answering what "
+             "arrives with Connection: close (a pooling proxy may be reusing them)")
     opt("--reload", field="reload", action=argparse.BooleanOptionalAction,
         help="restart the worker when a .py file changes (development)")
     p.add_argument("--reload-dir", action="append", dest="reload_dirs", metavar="DIR",

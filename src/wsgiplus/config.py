@@ -40,6 +40,7 @@ class Config:
     body_timeout: float = 30.0  # between two pieces of a request body
     request_timeout: float | None = None  # whole request, suspensions included
     graceful_timeout: float = 30.0
+    drain_grace: float = 1.0  # graceful stop: idle keep-alive connections stay open this long
     # flow control
     write_buffer_high: int = 256 * 1024
     write_buffer_low: int = 64 * 1024
@@ -93,7 +94,8 @@ class Config:
         for name in ("max_requests", "max_requests_jitter", "backlog"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must not be negative")
-        for name in ("keepalive_timeout", "header_timeout", "body_timeout", "graceful_timeout"):
+        for name in ("keepalive_timeout", "header_timeout", "body_timeout", "graceful_timeout",
+                     "drain_grace"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must not be negative")
         if self.loop not in ("auto", "asyncio", "uvloop"):

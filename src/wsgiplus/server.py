@@ -116,6 +116,8 @@ class HTTPConnection(asyncio.Protocol):
                 pass
         server = self.server
         server.connections.add(self)
+        if server.stopping:  # taken from the accept queue as the server stops
+            self.draining = True
         limit = config.max_connections
         if limit is not None and len(server.connections) > limit:
             log.warning("%d connections open (max_connections): answering 503", limit)
@@ -250,7 +252,7 @@ class HTTPConnection(asyncio.Protocol):
             return
         if self.queue and self.queue[0].runner is runner:
             del self.queue[0]
-        if abort or not keep_alive or self.closing or (self.draining and not self.queue):
+        if abort or not keep_alive or self.closing:
             self.close()
             return
         if self.queue:
@@ -263,6 +265,8 @@ class HTTPConnection(asyncio.Protocol):
         elif self.pending_error is not None:
             self._send_error(self.pending_error)
             return
+        elif self.draining:  # the head promised keep-alive: the client may reuse it now
+            self._drain_idle()
         else:
             self._idle = True
             self._set_timer(self.config.keepalive_timeout, self._on_keepalive_timeout, "keepalive")
@@ -303,14 +307,34 @@ class HTTPConnection(asyncio.Protocol):
     def shutdown(self) -> None:
         """Graceful stop: never drop a request the client has sent.
 
-        An idle keep-alive connection is closed at once (clients know one may
-        close between requests). A new connection that has not delivered its
-        first request yet, or a request partly received, is answered first:
-        the head and body timers bound the wait, the graceful timeout the rest.
+        An idle keep-alive connection is closed after ``drain_grace`` seconds
+        of quiet (a request that arrives meanwhile is answered with
+        ``Connection: close``); so is one whose response, started with
+        keep-alive, ends during the stop. A new connection that has not
+        delivered its first request yet, or a request partly received, is
+        answered: the head and body timers bound the wait, the graceful
+        timeout the rest.
         """
         self.draining = True
+        for ex in self.queue:  # a head not sent yet says Connection: close
+            if ex.runner is not None and ex.runner.framer is None:
+                ex.runner.keep_alive = False
         between_requests = self.requests > 0 and (self.parser is None or self.parser.idle)
         if not self.queue and between_requests:
+            self._drain_idle()
+
+    def _drain_idle(self) -> None:
+        """An idle keep-alive connection on a graceful stop: close it after a quiet grace.
+
+        A pooling proxy may be sending a request on it right now; closing at once
+        loses that request (nginx never retries a POST it has sent). During the
+        grace whatever arrives is answered with ``Connection: close``.
+        """
+        grace = self.config.drain_grace
+        if grace > 0 and not self.closing:
+            self._idle = True
+            self._set_timer(grace, self._on_keepalive_timeout, "keepalive")
+        else:
             self.close()
 
     # -- timers -----------------------------------------------------------------
@@ -407,6 +431,8 @@ class Server:
         self.active = 0  # requests handed to the app and not finished
         self.sockets: list[socket.socket] = []
         self._servers: list[asyncio.AbstractServer] = []
+        self._factories: list[tuple[socket.socket, Callable[[], HTTPConnection], Any]] = []
+        self.stopping = False  # a graceful stop has begun (readiness turns false)
         self._stopping: asyncio.Event | None = None
         self._unix_paths: list[str] = []
         self._idle_waiter: asyncio.Future | None = None
@@ -453,10 +479,12 @@ class Server:
             else:
                 srv = await self.loop.create_server(factory, sock=sock, backlog=config.backlog, ssl=tls)
             self._servers.append(srv)
+            self._factories.append((sock, factory, tls))
         self.started = True
         if config.blocking_warn:
             self._watchdog = self.loop.call_later(min(1.0, config.blocking_warn / 2), self._watch_pool)
-        timeouts = [t for t in (config.keepalive_timeout, config.header_timeout, config.body_timeout) if t]
+        timeouts = [t for t in (config.keepalive_timeout, config.header_timeout, config.body_timeout,
+                                config.drain_grace) if t]
         self._sweep_every = min([1.0] + [max(0.05, t / 4) for t in timeouts])
         self._sweeper = self.loop.call_later(self._sweep_every, self._sweep)
         for addr in self.addresses:
@@ -532,10 +560,18 @@ class Server:
     async def shutdown(self, timeout: float | None = None) -> None:
         """Stop accepting, let in-flight requests (suspended ones too) finish, then close."""
         timeout = self.config.graceful_timeout if timeout is None else timeout
+        self.stopping = True
+        queued = self._take_accept_queue()
         for srv in self._servers:
             srv.close()
         for conn in list(self.connections):
             conn.shutdown()
+        for sock, factory, tls in queued:
+            try:
+                await self.loop.connect_accepted_socket(factory, sock, ssl=tls)
+            except (OSError, ssl.SSLError) as exc:
+                log.info("a connection accepted while stopping failed: %s", exc)
+                sock.close()
         if self.connections:
             self._idle_waiter = self.loop.create_future()
             try:
@@ -561,6 +597,26 @@ class Server:
                 os.unlink(path)
             except OSError:
                 pass
+
+    def _take_accept_queue(self) -> list[tuple[socket.socket, Callable[[], HTTPConnection], Any]]:
+        """Accept what waits in the listen queues now, before closing them.
+
+        Closing a listening socket resets the connections the kernel has queued
+        on it; a proxy that has already sent a request on one cannot retry it.
+        Taking them first leaves a window of microseconds, not the whole drain.
+        """
+        taken = []
+        for sock, factory, tls in self._factories:
+            for _ in range(max(1, self.config.backlog)):
+                try:
+                    conn, _ = sock.accept()
+                except (BlockingIOError, InterruptedError):
+                    break
+                except OSError:
+                    break
+                conn.setblocking(False)
+                taken.append((conn, factory, tls))
+        return taken
 
     async def serve(self, sockets: list[socket.socket] | None = None) -> None:
         """Start, serve until ``request_stop()`` (or SIGTERM/SIGINT), then shut down."""

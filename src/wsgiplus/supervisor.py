@@ -441,6 +441,12 @@ class Supervisor:
     def begin_stop(self, sig: int) -> None:
         if self.stopping and sig != signal.SIGQUIT:
             sig = signal.SIGQUIT  # asked twice: stop quickly
+        if not self.stopping:
+            # Our copies of the listening sockets go now, so the kernel stops queueing
+            # connections that nobody would accept (they would be reset at exit);
+            # each worker takes what is queued before it closes its own copy.
+            for sock in self.sockets:
+                sock.close()
         self.stopping = True
         for worker in list(self.workers.values()):
             self.stop_worker(worker, sig)
