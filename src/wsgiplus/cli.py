@@ -146,6 +146,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="comma-separated addresses/CIDRs (or '*') whose proxy headers are believed; "
              "env FORWARDED_ALLOW_IPS")
 
+    g = group = p.add_argument_group("metrics and health")
+    opt("--metrics-bind", field="metrics_bind",
+        help="HOST:PORT or unix:PATH of a separate listener for Prometheus /metrics, /healthz and "
+             "/readyz (503 once a graceful stop begins); needs wsgiplus[metrics]")
+    opt("--statsd-host", field="statsd_host", help="HOST:PORT or unix:PATH: send gunicorn's statsd metrics")
+    opt("--statsd-prefix", field="statsd_prefix", help="prefix of every statsd metric name")
+
     g = group = p.add_argument_group("logging")
     opt("--log-level", field="log_level", choices=["critical", "error", "warning", "info", "debug"])
     opt("--access-log", field="access_log", action=argparse.BooleanOptionalAction, help="one line per request")

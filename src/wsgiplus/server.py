@@ -126,6 +126,7 @@ class HTTPConnection(asyncio.Protocol):
         self._set_timer(config.header_timeout, self._on_header_timeout)
 
     def data_received(self, data: bytes) -> None:
+        self.server.bytes_in += len(data)
         if self.pending_error is not None or self.closing:
             return
         if self._idle and self._deadline and self._timer_kind != "header":
@@ -295,6 +296,7 @@ class HTTPConnection(asyncio.Protocol):
 
     def write(self, data: bytes) -> None:
         if not self.disconnected:
+            self.server.bytes_out += len(data)
             self.transport.write(data)  # type: ignore[union-attr]
 
     def close(self) -> None:
@@ -433,6 +435,9 @@ class Server:
         self._servers: list[asyncio.AbstractServer] = []
         self._factories: list[tuple[socket.socket, Callable[[], HTTPConnection], Any]] = []
         self.stopping = False  # a graceful stop has begun (readiness turns false)
+        self.bytes_in = 0  # received from clients, for metrics
+        self.bytes_out = 0  # sent to clients (responses; not 100 Continue or error pages)
+        self.metrics: Any = None  # a metrics.RequestStats, when metrics or statsd are on
         self._stopping: asyncio.Event | None = None
         self._unix_paths: list[str] = []
         self._idle_waiter: asyncio.Future | None = None
@@ -510,9 +515,11 @@ class Server:
             self._spare_parsers.append(parser)
 
     def access(self, conn: HTTPConnection, runner: Runner) -> None:
-        """Called once per finished request: the access log line."""
+        """Called once per finished request: the access log line, the metrics."""
         if self.access_log is not None:
             self.access_log(runner, conn)
+        if self.metrics is not None:
+            self.metrics.observe(runner)
 
     def _sweep(self) -> None:
         """Fire due connection timeouts (keep-alive, head, body): one timer for all."""
