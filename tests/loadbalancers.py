@@ -172,16 +172,17 @@ def start_nginx(prefix: Path, backends: list[str], conf: str = NGINX_CONF,
 HAPROXY_CONF = """\
 global
     maxconn 1024
+    log stderr format raw local0 info
 defaults
     mode http
+    log global
+    option httplog
     timeout connect 5s
     timeout client 60s
     timeout server 60s
     timeout http-keep-alive 10s
-    option http-server-close
     retries 3
     option redispatch
-    retry-on conn-failure empty-response response-timeout
 frontend www
     bind 127.0.0.1:{port}
     option forwardfor
@@ -189,8 +190,8 @@ frontend www
     default_backend wsgiplus
 backend wsgiplus
     balance roundrobin
+    http-reuse always
     option httpchk GET /readyz
-    http-reuse safe
     {servers}
 """
 
@@ -370,3 +371,51 @@ class Backend:
             os.killpg(self.proc.pid, signal.SIGKILL)
         with contextlib.suppress(subprocess.TimeoutExpired):
             self.proc.wait(10)
+
+
+def rolling_restart(backends: list[Backend], start_balancer: Callable[[], Balancer],
+                    gets: int = 6, posts: int = 2) -> LoopingClients:
+    """Clients loop through the balancer while each backend is stopped and started, then reloaded.
+
+    Each step waits until the balancer sends the backend requests again (asserted,
+    bounded) and lets the load run a little (up to 1,000 more or 2 s). Asserts
+    that no client request failed; returns the clients for their counts.
+    """
+    balancer = None
+    clients = None
+    try:
+        for b in backends:
+            b.start()
+        for b in backends:
+            b.wait_serving()
+        balancer = start_balancer()
+        clients = LoopingClients(balancer.port, gets=gets, posts=posts, seconds=60, max_requests=20000).start()
+
+        def serves(b: Backend) -> None:
+            mark = clients.backends[b.name]
+            assert until(lambda: clients.backends[b.name] > mark, 30), (b.name, clients.summary())
+            until(lambda: clients.backends[b.name] > mark + 1000, 2)  # not asserted: just dwell
+
+        for step in ("restart", "reload"):
+            for b in backends:
+                serves(b)
+                if step == "restart":  # graceful stop, wait for the exit, start again
+                    assert b.stop(60) == 0, b.log()[-3000:]
+                    b.start()
+                    b.wait_serving()
+                else:  # SIGHUP: fresh workers; the old ones drain
+                    b.signal(signal.SIGHUP)
+                    b.wait_log(r"worker pid \d+ ready", count=2 * b.starts + 2)
+                serves(b)
+        clients.stop()
+        summary = clients.summary()
+        assert clients.ok["GET"] > 0 and clients.ok["POST"] > 0, summary
+        assert not clients.failures, (summary, clients.failures[:5], balancer.error_log()[-3000:])
+        return clients
+    finally:
+        if clients is not None:
+            clients.stop()
+        if balancer is not None:
+            balancer.stop()
+        for b in backends:
+            b.kill()

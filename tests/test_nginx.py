@@ -13,7 +13,6 @@ import hashlib
 import json
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import threading
@@ -25,7 +24,7 @@ from typing import Any
 import httpx
 import pytest
 from conftest import get_many, read_until_close, wait_for
-from loadbalancers import LB_APP, NGINX, Backend, LoopingClients, free_port, start_nginx, until
+from loadbalancers import LB_APP, NGINX, Backend, free_port, rolling_restart, start_nginx
 
 pytestmark = [pytest.mark.nginx, pytest.mark.skipif(NGINX is None, reason="needs nginx (Debian: nginx-light)")]
 
@@ -213,49 +212,10 @@ def test_rolling_restart_loses_nothing(tmp_path: Path, transport: str) -> None:
     (tmp_path / "lbapp.py").write_text(LB_APP)
     if transport == "tcp":
         binds = [f"127.0.0.1:{free_port()}" for _ in range(2)]
-        upstreams = binds
     else:
         binds = [f"unix:{tmp_path / name}.sock" for name in ("a", "b")]
-        upstreams = binds
     args = ["--workers", "2", "--threads", "4", "--no-access-log", "--log-level", "info",
             "--graceful-timeout", "30"]
     backends = [Backend(name, bind, tmp_path, args) for name, bind in zip("ab", binds, strict=True)]
-    balancer = None
-    clients = None
-    try:
-        for b in backends:
-            b.start()
-        for b in backends:
-            b.wait_serving()
-        balancer = start_nginx(tmp_path / "nginx", upstreams)
-        clients = LoopingClients(balancer.port, gets=6, posts=2, seconds=60, max_requests=20000).start()
-
-        def serves(b: Backend) -> None:
-            """Until ``b`` answers through nginx again (asserted), then let the load run a while."""
-            mark = clients.backends[b.name]
-            assert until(lambda: clients.backends[b.name] > mark, 30), (b.name, clients.summary())
-            until(lambda: clients.backends[b.name] > mark + 1000, 2)  # not asserted: just dwell
-
-        for step in ("restart", "reload"):
-            for b in backends:
-                serves(b)
-                if step == "restart":  # graceful stop, wait for the exit, start again
-                    assert b.stop(60) == 0, b.log()[-3000:]
-                    b.start()
-                    b.wait_serving()
-                else:  # SIGHUP: fresh workers; the old ones drain
-                    b.signal(signal.SIGHUP)
-                    b.wait_log(r"worker pid \d+ ready", count=2 * b.starts + 2)
-                serves(b)
-        clients.stop()
-        summary = clients.summary()
-        print(f"\nrolling restart ({transport}): {summary}")
-        assert clients.ok["GET"] > 0 and clients.ok["POST"] > 0, summary
-        assert not clients.failures, (summary, clients.failures[:5], balancer.error_log()[-3000:])
-    finally:
-        if clients is not None:
-            clients.stop()
-        if balancer is not None:
-            balancer.stop()
-        for b in backends:
-            b.kill()
+    clients = rolling_restart(backends, lambda: start_nginx(tmp_path / "nginx", binds))
+    print(f"\nrolling restart behind nginx ({transport}): {clients.summary()}")
