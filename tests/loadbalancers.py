@@ -378,7 +378,7 @@ def rolling_restart(backends: list[Backend], start_balancer: Callable[[], Balanc
     """Clients loop through the balancer while each backend is stopped and started, then reloaded.
 
     Each step waits until the balancer sends the backend requests again (asserted,
-    bounded) and lets the load run a little (up to 1,000 more or 2 s). Asserts
+    bounded) and lets the load run a little (up to 2,000 more or 3 s). Asserts
     that no client request failed; returns the clients for their counts.
     """
     balancer = None
@@ -394,7 +394,7 @@ def rolling_restart(backends: list[Backend], start_balancer: Callable[[], Balanc
         def serves(b: Backend) -> None:
             mark = clients.backends[b.name]
             assert until(lambda: clients.backends[b.name] > mark, 30), (b.name, clients.summary())
-            until(lambda: clients.backends[b.name] > mark + 1000, 2)  # not asserted: just dwell
+            until(lambda: clients.backends[b.name] > mark + 2000, 3)  # not asserted: just dwell
 
         for step in ("restart", "reload"):
             for b in backends:

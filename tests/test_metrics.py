@@ -141,10 +141,25 @@ def test_two_workers_aggregated_restarts_counted_dead_workers_dropped(spawn, gat
     proc.wait_for(READY, start=mark)
     assert wait_for(lambda: value(scrape(mport), "wsgiplus_worker_restarts_total", reason="died") == 1, 15)
     assert wait_for(lambda: value(scrape(mport), "wsgiplus_pool_threads") == 4, 15), scrape(mport)
-    # SIGHUP: two fresh workers
+    # SIGHUP: two fresh workers; the instance stays ready throughout
+    polled: list[int] = []
+    done = threading.Event()
+
+    def poll() -> None:
+        while not done.is_set() and len(polled) < 10000:
+            polled.append(fetch(mport, "/readyz")[0])
+
+    poller = threading.Thread(target=poll)
     mark = proc.mark()
-    proc.send(signal.SIGHUP)
-    proc.wait_for(READY, count=2, start=mark)
+    poller.start()
+    try:
+        proc.send(signal.SIGHUP)
+        proc.wait_for(READY, count=2, start=mark)
+        proc.wait_for(r"worker pid \d+ exited", count=2, start=mark)
+    finally:
+        done.set()
+        poller.join(30)
+    assert polled and set(polled) == {200}, polled
     assert wait_for(lambda: value(scrape(mport), "wsgiplus_worker_restarts_total", reason="replaced") == 2, 15)
     assert wait_for(lambda: value(scrape(mport), "wsgiplus_pool_threads") == 4, 30), scrape(mport)
     s = scrape(mport)

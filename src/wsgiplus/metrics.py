@@ -58,7 +58,7 @@ METRIC_NAMES = {
     "wsgiplus_received_bytes_total": "counter: bytes received from clients",
     "wsgiplus_sent_bytes_total": "counter: bytes sent to clients",
     "wsgiplus_ready": "gauge: 1 while serving, 0 once a graceful stop has begun",
-    "wsgiplus_workers": "gauge: worker processes serving (supervisor)",
+    "wsgiplus_workers": "gauge: worker processes serving: ready, not stopping (supervisor)",
     "wsgiplus_worker_restarts_total": "counter: workers started to replace another (supervisor)",
 }
 
@@ -567,7 +567,7 @@ class SupervisorCollector:
 
         sup = self.supervisor
         yield GaugeMetricFamily("wsgiplus_workers", METRIC_NAMES["wsgiplus_workers"],
-                                value=sum(1 for w in sup.serving() if w.ready))
+                                value=sum(1 for w in sup.workers.values() if w.ready and not w.stopping))
         restarts = CounterMetricFamily("wsgiplus_worker_restarts", METRIC_NAMES["wsgiplus_worker_restarts_total"],
                                        labels=("reason",))
         for reason, n in sorted(sup.restarts.items()):
@@ -636,8 +636,9 @@ class SupervisorMetrics:
             pass
 
     def ready(self) -> bool:
+        """Serving and not stopping; during a reload the old workers serve until the new ones do."""
         sup = self.supervisor
-        return not sup.stopping and any(w.ready for w in sup.serving())
+        return not sup.stopping and any(w.ready and not w.stopping for w in sup.workers.values())
 
     def stopping(self) -> None:
         log.info("readiness: not ready (stopping)")
