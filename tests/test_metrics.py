@@ -230,6 +230,8 @@ def test_metrics_listener_refuses_what_it_does_not_serve(spawn, gate, app_dir) -
     proc, port, mport = start(spawn, app_dir, gate)
     assert raw_exchange(mport, b"POST /metrics HTTP/1.1\r\nHost: t\r\n\r\n").startswith(b"HTTP/1.1 405 ")
     assert raw_exchange(mport, b"GET /nothing HTTP/1.1\r\n\r\n").startswith(b"HTTP/1.1 404 ")
+    head = raw_exchange(mport, b"HEAD /readyz HTTP/1.1\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200 ") and head.endswith(b"\r\n\r\n")  # no body
     assert raw_exchange(mport, b"garbage\r\n\r\n").startswith(b"HTTP/1.1 400 ")
     assert raw_exchange(mport, b"GET /metrics HTTP/1.1\r\nX: " + b"a" * 9000).startswith(b"HTTP/1.1 431 ")
     # more idle connections than the listener's budget (32): the extra are closed, it keeps serving

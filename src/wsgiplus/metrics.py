@@ -310,7 +310,9 @@ class StatusListener:
                     pass
                 self._respond(fd, 431, "text/plain", b"request head too large\n")
             return
-        self._respond(fd, *self.route(bytes(buf[:end])))
+        head = bytes(buf[:end])
+        status, ctype, body = self.route(head)
+        self._respond(fd, status, ctype, body, head_only=head.startswith(b"HEAD "))
 
     def route(self, head: bytes) -> tuple[int, str, bytes]:
         line = head.split(b"\r\n", 1)[0].decode("latin-1")
@@ -333,14 +335,14 @@ class StatusListener:
             return (200, "text/plain", b"ready\n") if self.ready() else (503, "text/plain", b"stopping\n")
         return 404, "text/plain", b"not found: try /metrics, /healthz, /readyz\n"
 
-    def _respond(self, fd: int, status: int, ctype: str, body: bytes) -> None:
+    def _respond(self, fd: int, status: int, ctype: str, body: bytes, head_only: bool = False) -> None:
         reason = {200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed",
                   431: "Request Header Fields Too Large", 500: "Internal Server Error",
                   503: "Service Unavailable"}[status]
         head = (f"HTTP/1.1 {status} {reason}\r\nContent-Type: {ctype}\r\nContent-Length: {len(body)}\r\n"
                 "Cache-Control: no-store\r\nConnection: close\r\n\r\n").encode("latin-1")
         self._unwatch(fd)
-        self._out[fd] = memoryview(head + body)
+        self._out[fd] = memoryview(head if head_only else head + body)
         self._write(fd)
 
     def _write(self, fd: int) -> None:
