@@ -174,3 +174,24 @@ def test_connections_waiting_in_the_accept_queue_are_answered() -> None:
         loop.call_soon_threadsafe(loop.stop)
         thread.join(10)
         loop.close()
+
+
+def test_an_old_instance_leaves_a_newer_ones_unix_socket_alone(tmp_path: Any) -> None:
+    """Rolling restart on one path: the new instance binds it before the old one exits."""
+    from wsgiplus.testing import ServerThread
+
+    path = tmp_path / "app.sock"
+    old = ServerThread(hello_app, bind=[f"unix:{path}"]).start()
+    new = ServerThread(hello_app, bind=[f"unix:{path}"]).start()  # replaces the file
+    try:
+        old.stop()
+        assert path.exists()  # the old one's exit did not remove the new one's socket file
+        with socket.socket(socket.AF_UNIX) as sock:
+            sock.settimeout(10)
+            sock.connect(str(path))
+            sock.sendall(b"GET / HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+            assert read_until_close(sock).endswith(b"Hello, world!")
+    finally:
+        old.stop()
+        new.stop()
+    assert not path.exists()  # the last one out removes it

@@ -512,6 +512,11 @@ class WorkerMetrics:
         path = multiprocess_dir()
         if multiprocess and path:
             self.exporter = MultiprocessExporter(server, self.stats)
+        self._unix_file = None
+        if listener_sock is not None and listener_sock.family == socket.AF_UNIX:
+            from .listeners import unix_socket_file
+
+            self._unix_file = unix_socket_file(listener_sock)
         if listener_sock is not None:
             if path and multiprocess:
                 registry = multiprocess_registry(path, _ReadyCollector(server))
@@ -551,6 +556,13 @@ class WorkerMetrics:
         if self.exporter is not None:
             self.exporter.flush()
         self.stop_listening()
+        if self._unix_file is not None:
+            from .listeners import unlink_unix_socket
+
+            try:
+                unlink_unix_socket(*self._unix_file)
+            except OSError:
+                pass
         if self.statsd is not None:
             self.statsd.close()
 
@@ -593,7 +605,7 @@ class SupervisorMetrics:
         self.listener: StatusListener | None = None
         self.path: str | None = None
         self._own_dir = False
-        self._unix_path: str | None = None
+        self._unix_file: tuple[str, tuple[int, int] | None] | None = None
         self._next_gauge = 0.0
         self.statsd = statsd_from_config(config)
         if config.metrics_bind:
@@ -601,7 +613,9 @@ class SupervisorMetrics:
             sock = bind_metrics_socket(config.metrics_bind)
             os.set_inheritable(sock.fileno(), False)
             if sock.family == socket.AF_UNIX:
-                self._unix_path = sock.getsockname()
+                from .listeners import unix_socket_file
+
+                self._unix_file = unix_socket_file(sock)
             registry = multiprocess_registry(self.path, SupervisorCollector(supervisor, self.ready))
             self.listener = StatusListener(sock, lambda: render_metrics(registry), self.ready,
                                            self._watch, self._unwatch)
@@ -678,9 +692,11 @@ class SupervisorMetrics:
         if self.listener is not None:
             self.listener.close()
             self.listener = None
-        if self._unix_path:
+        if self._unix_file is not None:
+            from .listeners import unlink_unix_socket
+
             try:
-                os.unlink(self._unix_path)
+                unlink_unix_socket(*self._unix_file)
             except OSError:
                 pass
         if self._own_dir and self.path:

@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from .config import Config
-from .listeners import bind_socket, describe, socket_from_fd
+from .listeners import bind_socket, describe, socket_from_fd, unix_socket_file, unlink_unix_socket
 from .pool import ThreadPool
 from .protocol import Data, EndOfMessage, ProtocolError, Request, RequestParser, error_response
 from .runner import Runner, Suspensions
@@ -439,7 +439,7 @@ class Server:
         self.bytes_out = 0  # sent to clients (responses; not 100 Continue or error pages)
         self.metrics: Any = None  # a metrics.RequestStats, when metrics or statsd are on
         self._stopping: asyncio.Event | None = None
-        self._unix_paths: list[str] = []
+        self._unix_paths: list[tuple[str, tuple[int, int] | None]] = []
         self._idle_waiter: asyncio.Future | None = None
         self.started = False
         self.suspensions = Suspensions(self.config.max_suspended, self.config.suspend_timeout)
@@ -469,7 +469,7 @@ class Server:
         self.pool = ThreadPool(config.threads, affinity=config.thread_affinity)
         if sockets is None:  # ours to make, so ours to unlink at the end
             sockets = self.make_sockets()
-            self._unix_paths = [s.getsockname() for s in sockets if s.family == socket.AF_UNIX]
+            self._unix_paths = [unix_socket_file(s) for s in sockets if s.family == socket.AF_UNIX]
         self.sockets = sockets
         multiprocess = config.workers > 1
         tls = _ssl_context(config)
@@ -599,9 +599,9 @@ class Server:
                 pass
         # let iterables closed because of the abort finish their close() on the pool
         await self.loop.run_in_executor(None, self.pool.shutdown, 5.0)
-        for path in self._unix_paths:
+        for path, identity in self._unix_paths:
             try:
-                os.unlink(path)
+                unlink_unix_socket(path, identity)
             except OSError:
                 pass
 

@@ -34,7 +34,7 @@ from typing import Any
 
 from .config import Config
 from .importer import AppImportError, import_app
-from .listeners import bind_socket, describe, socket_from_fd
+from .listeners import bind_socket, describe, socket_from_fd, unix_socket_file, unlink_unix_socket
 from .server import Server, new_event_loop
 
 log = logging.getLogger("wsgiplus.error")
@@ -245,7 +245,7 @@ class Supervisor:
         self.target = config.workers
         self.workers: dict[int, WorkerProcess] = {}
         self.sockets: list[socket.socket] = []
-        self.unix_paths: list[str] = []
+        self.unix_paths: list[tuple[str, tuple[int, int] | None]] = []
         self.stopping = False
         self.exit_status = 0
         self.signals: list[int] = []
@@ -265,7 +265,7 @@ class Supervisor:
             sock = bind_socket(bind, config.backlog)
             self.sockets.append(sock)
             if sock.family == socket.AF_UNIX:
-                self.unix_paths.append(sock.getsockname())
+                self.unix_paths.append(unix_socket_file(sock))
         for sock in self.sockets:
             os.set_inheritable(sock.fileno(), False)
         if config.metrics_bind or config.statsd_host:
@@ -559,9 +559,9 @@ class Supervisor:
             sock.close()
         if self.metrics is not None:
             self.metrics.close()
-        for path in self.unix_paths:
+        for path, identity in self.unix_paths:
             try:
-                os.unlink(path)
+                unlink_unix_socket(path, identity)
             except OSError as exc:
                 if exc.errno != errno.ENOENT:
                     log.warning("cannot remove %s: %s", path, exc)
