@@ -84,6 +84,7 @@ def test_one_process_metrics_scraped_and_parsed(spawn, gate, app_dir) -> None:  
     for _ in range(3):
         assert get(port)[0] == 200
     assert post(port, b"x" * 1000) == 200
+    assert raw_exchange(port, b"GET / HTTP/1.1\r\nHost: t\r\nContent-Length: x\r\n\r\n").startswith(b"HTTP/1.1 400")
     held: list[Any] = []
     client = threading.Thread(target=lambda: held.append(get(port, "/gate", timeout=30)))
     client.start()
@@ -92,6 +93,7 @@ def test_one_process_metrics_scraped_and_parsed(spawn, gate, app_dir) -> None:  
         s = scrape(mport)
         assert value(s, "wsgiplus_requests_total", method="GET", status="200") == 3
         assert value(s, "wsgiplus_requests_total", method="POST", status="200") == 1
+        assert value(s, "wsgiplus_rejected_total", status="400") == 1  # never reached the app
         assert value(s, "wsgiplus_request_duration_seconds_count") == 4
         assert value(s, "wsgiplus_request_duration_seconds_bucket", le="+Inf") == 4
         assert value(s, "wsgiplus_requests_in_flight") == 1
@@ -126,9 +128,11 @@ def test_two_workers_aggregated_restarts_counted_dead_workers_dropped(spawn, gat
         pids.add(int(body.split()[1]))
         sent += 1
     assert pids == first
+    assert raw_exchange(port, b"GET / HTTP/1.1\r\n\r\n").startswith(b"HTTP/1.1 400")  # no Host
     # workers copy their counters once a second: poll, bounded
     assert wait_for(lambda: value(scrape(mport), "wsgiplus_requests_total", method="GET", status="200") == sent,
                     timeout=15), scrape(mport)
+    assert wait_for(lambda: value(scrape(mport), "wsgiplus_rejected_total", status="400") == 1, timeout=15)
     s = scrape(mport)
     assert value(s, "wsgiplus_request_duration_seconds_count") == sent
     assert value(s, "wsgiplus_workers") == 2

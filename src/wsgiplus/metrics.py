@@ -49,6 +49,8 @@ METHODS = frozenset(("GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS",
 METRIC_NAMES = {
     "wsgiplus_requests_total": "counter: finished requests, by method and status",
     "wsgiplus_request_duration_seconds": "histogram: request duration, suspensions included",
+    "wsgiplus_rejected_total": "counter: requests the server answered itself (malformed, too large, "
+                               "too slow, too many connections), by status; they never reach the app",
     "wsgiplus_requests_in_flight": "gauge: requests handed to the app and not finished",
     "wsgiplus_requests_suspended": "gauge: requests suspended on a future now",
     "wsgiplus_pool_threads": "gauge: pool threads",
@@ -74,10 +76,11 @@ def _status_of(runner: Any) -> int:
 class RequestStats:
     """Per-server request counters, bumped once per finished request (loop thread only)."""
 
-    __slots__ = ("requests", "buckets", "duration_sum", "statsd")
+    __slots__ = ("requests", "rejections", "buckets", "duration_sum", "statsd")
 
     def __init__(self, statsd: StatsdClient | None = None) -> None:
         self.requests: dict[tuple[str, int], int] = {}
+        self.rejections: dict[int, int] = {}  # status -> count, answered without the app
         self.buckets = [0] * (len(BUCKETS) + 1)  # not cumulative; the last is +Inf
         self.duration_sum = 0.0
         self.statsd = statsd
@@ -95,6 +98,10 @@ class RequestStats:
         self.duration_sum += duration
         if self.statsd is not None:
             self.statsd.request(key[1], duration)
+
+    def rejected(self, status: int) -> None:
+        """A request the server refused itself (``HTTPConnection._send_error``)."""
+        self.rejections[status] = self.rejections.get(status, 0) + 1
 
 
 def _live_values(server: Any) -> dict[str, float]:
@@ -135,6 +142,11 @@ class PullCollector:
         for (method, status), n in sorted(stats.requests.items()):
             requests.add_metric((method, str(status)), n)
         yield requests
+        rejected = CounterMetricFamily("wsgiplus_rejected", METRIC_NAMES["wsgiplus_rejected_total"],
+                                       labels=("status",))
+        for status, n in sorted(stats.rejections.items()):
+            rejected.add_metric((str(status),), n)
+        yield rejected
         cumulative, total = [], 0
         for bound, n in zip((*BUCKETS, float("inf")), stats.buckets, strict=True):
             total += n
@@ -178,7 +190,10 @@ class MultiprocessExporter:
                                 registry=None)
         self.bytes_out = Counter("wsgiplus_sent_bytes", METRIC_NAMES["wsgiplus_sent_bytes_total"],
                                  registry=None)
+        self.rejected = Counter("wsgiplus_rejected", METRIC_NAMES["wsgiplus_rejected_total"], ("status",),
+                                registry=None)
         self._requests: dict[tuple[str, int], int] = {}
+        self._rejections: dict[int, int] = {}
         self._buckets = [0] * len(stats.buckets)
         self._sum = 0.0
         self._in = self._out = 0
@@ -191,6 +206,11 @@ class MultiprocessExporter:
             if n > done:
                 self.requests.labels(key[0], str(key[1])).inc(n - done)
                 self._requests[key] = n
+        for status, n in list(stats.rejections.items()):
+            done = self._rejections.get(status, 0)
+            if n > done:
+                self.rejected.labels(str(status)).inc(n - done)
+                self._rejections[status] = n
         # the histogram's own bucket values: observe() per request would cost a lock and
         # an mmap write on the request path
         for i, n in enumerate(stats.buckets):

@@ -291,6 +291,8 @@ class HTTPConnection(asyncio.Protocol):
 
     def _send_error(self, exc: ProtocolError) -> None:
         self.pending_error = exc
+        if self.server.metrics is not None:
+            self.server.metrics.rejected(exc.status)
         self.transport.write(error_response(exc.status, exc.reason))  # type: ignore[union-attr]
         self.close()
 
