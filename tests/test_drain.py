@@ -10,10 +10,11 @@ import threading
 from concurrent.futures import Future
 from typing import Any
 
+import pytest
 from conftest import hello_app, read_until_close, wait_for
 
 from wsgiplus.config import Config
-from wsgiplus.server import Server
+from wsgiplus.server import Server, new_event_loop
 
 GET = b"GET / HTTP/1.1\r\nHost: t\r\n\r\n"
 
@@ -132,10 +133,13 @@ def test_a_keepalive_response_ending_during_the_stop_keeps_the_connection_for_th
     assert not stopper.is_alive()
 
 
-def test_connections_waiting_in_the_accept_queue_are_answered() -> None:
+@pytest.mark.parametrize("loop_kind", ["asyncio", "uvloop"])
+def test_connections_waiting_in_the_accept_queue_are_answered(loop_kind: str) -> None:
     """Connections the kernel queued but the loop had not accepted yet when the stop began."""
+    if loop_kind == "uvloop":
+        pytest.importorskip("uvloop")
     server = Server(hello_app, Config(bind=["127.0.0.1:0"], threads=2, access_log=False, drain_grace=0))
-    loop = asyncio.new_event_loop()
+    loop = new_event_loop(loop_kind)
     thread = threading.Thread(target=loop.run_forever, daemon=True)
     thread.start()
     socks: list[socket.socket] = []
