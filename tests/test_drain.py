@@ -5,7 +5,10 @@ has sent is lost. Real server, raw sockets; every wait bounded.
 from __future__ import annotations
 
 import asyncio
+import shutil
 import socket
+import ssl
+import subprocess
 import threading
 from concurrent.futures import Future
 from typing import Any
@@ -133,12 +136,25 @@ def test_a_keepalive_response_ending_during_the_stop_keeps_the_connection_for_th
     assert not stopper.is_alive()
 
 
+@pytest.mark.parametrize("tls", [False, True], ids=["plain", "tls"])
 @pytest.mark.parametrize("loop_kind", ["asyncio", "uvloop"])
-def test_connections_waiting_in_the_accept_queue_are_answered(loop_kind: str) -> None:
+def test_connections_waiting_in_the_accept_queue_are_answered(loop_kind: str, tls: bool, tmp_path: Any) -> None:
     """Connections the kernel queued but the loop had not accepted yet when the stop began."""
     if loop_kind == "uvloop":
         pytest.importorskip("uvloop")
-    server = Server(hello_app, Config(bind=["127.0.0.1:0"], threads=2, access_log=False, drain_grace=0))
+    options: dict[str, Any] = {}
+    client_tls = None
+    if tls:
+        if shutil.which("openssl") is None:
+            pytest.skip("needs the openssl command to make a certificate")
+        cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+        subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+                        "-nodes", "-days", "1", "-subj", "/CN=localhost", "-keyout", str(key), "-out", str(cert)],
+                       check=True, capture_output=True, timeout=60)
+        options = {"certfile": str(cert), "keyfile": str(key)}
+        client_tls = ssl.create_default_context(cafile=str(cert))
+        client_tls.check_hostname = False
+    server = Server(hello_app, Config(bind=["127.0.0.1:0"], threads=2, access_log=False, drain_grace=0, **options))
     loop = new_event_loop(loop_kind)
     thread = threading.Thread(target=loop.run_forever, daemon=True)
     thread.start()
@@ -159,10 +175,17 @@ def test_connections_waiting_in_the_accept_queue_are_answered(loop_kind: str) ->
         assert blocked.wait(10)
         for _ in range(5):  # the kernel completes these handshakes; nobody accepts them yet
             sock = socket.create_connection(("127.0.0.1", port), timeout=10)
-            sock.sendall(GET)
+            if client_tls is None:
+                sock.sendall(GET)
             socks.append(sock)
         go.set()
+        if client_tls is not None:  # the TLS handshake needs the server: now
+            socks = [client_tls.wrap_socket(sock) for sock in socks]
+            for sock in socks:
+                sock.sendall(GET)
         answers = [read_until_close(sock, timeout=10) for sock in socks]
+        for sock in socks:  # (a TLS connection is gone only once both sides have closed)
+            sock.close()
         assert all(a.startswith(b"HTTP/1.1 200 OK") and b"Connection: close" in a for a in answers), answers
         assert wait_for(lambda: bool(stopped) and stopped[0].done(), timeout=20)
         # and new connections are refused now

@@ -575,12 +575,8 @@ class Server:
             srv.close()
         for conn in list(self.connections):
             conn.shutdown()
-        for sock, factory, tls in queued:
-            try:
-                await self.loop.connect_accepted_socket(factory, sock, ssl=tls)
-            except (OSError, ssl.SSLError) as exc:
-                log.info("a connection accepted while stopping failed: %s", exc)
-                sock.close()
+        if queued:
+            await self._adopt(queued, timeout)
         if self.connections:
             self._idle_waiter = self.loop.create_future()
             try:
@@ -626,6 +622,27 @@ class Server:
                 conn.setblocking(False)
                 taken.append((conn, factory, tls))
         return taken
+
+    async def _adopt(self, queued: list[tuple[socket.socket, Callable[[], HTTPConnection], Any]],
+                     timeout: float) -> None:
+        """Serve the connections ``_take_accept_queue`` took (a quick stop just closes them)."""
+        if timeout <= 0:
+            for sock, _, _ in queued:
+                sock.close()
+            return
+        handshake = min(timeout, self.config.header_timeout or timeout)
+        tasks = []
+        for sock, factory, tls in queued:
+            extra = {"ssl": tls, "ssl_handshake_timeout": handshake} if tls is not None else {}
+            tasks.append(self.loop.create_task(self.loop.connect_accepted_socket(factory, sock, **extra)))
+        done, pending = await asyncio.wait(tasks, timeout=handshake + 1)
+        for task in pending:
+            task.cancel()
+        for (sock, _, _), task in zip(queued, tasks, strict=True):
+            if task in pending or task.cancelled() or task.exception() is not None:
+                if task in done and not task.cancelled():
+                    log.info("a connection accepted while stopping failed: %s", task.exception())
+                sock.close()
 
     async def serve(self, sockets: list[socket.socket] | None = None) -> None:
         """Start, serve until ``request_stop()`` (or SIGTERM/SIGINT), then shut down."""
