@@ -374,8 +374,9 @@ class Backend:
 
 
 def rolling_restart(backends: list[Backend], start_balancer: Callable[[], Balancer],
-                    gets: int = 6, posts: int = 2) -> LoopingClients:
-    """Clients loop through the balancer while each backend is stopped and started, then reloaded.
+                    gets: int = 6, posts: int = 2, reload: bool = True) -> LoopingClients:
+    """Clients loop through the balancer while each backend is stopped and started, then reloaded
+    (SIGHUP, ``--workers 2``; without ``reload``: stopped and started again).
 
     Each step waits until the balancer sends the backend requests again (asserted,
     bounded) and lets the load run a little (up to 2,000 more or 3 s). Asserts
@@ -396,7 +397,7 @@ def rolling_restart(backends: list[Backend], start_balancer: Callable[[], Balanc
             assert until(lambda: clients.backends[b.name] > mark, 30), (b.name, clients.summary())
             until(lambda: clients.backends[b.name] > mark + 2000, 3)  # not asserted: just dwell
 
-        for step in ("restart", "reload"):
+        for step in ("restart", "reload") if reload else ("restart", "restart"):
             for b in backends:
                 serves(b)
                 if step == "restart":  # graceful stop, wait for the exit, start again

@@ -203,9 +203,10 @@ def test_expect_100_continue_through_the_proxy(nginx: Any) -> None:
 
 
 @pytest.mark.timeout(240)
-@pytest.mark.parametrize("transport", ["tcp", "unix"])
-def test_rolling_restart_loses_nothing(tmp_path: Path, transport: str) -> None:
-    """Clients loop (6 GET, 2 POST, ~20 s) while each instance is stopped and started, then reloaded.
+@pytest.mark.parametrize(("transport", "workers"), [("tcp", 2), ("unix", 2), ("tcp", 1)])
+def test_rolling_restart_loses_nothing(tmp_path: Path, transport: str, workers: int) -> None:
+    """Clients loop (6 GET, 2 POST, ~20 s) while each instance is stopped and started, then
+    reloaded with SIGHUP (``--workers 2``; one process: stopped and started again).
 
     nginx never retries a POST it has sent; every one must be answered.
     """
@@ -214,8 +215,8 @@ def test_rolling_restart_loses_nothing(tmp_path: Path, transport: str) -> None:
         binds = [f"127.0.0.1:{free_port()}" for _ in range(2)]
     else:
         binds = [f"unix:{tmp_path / name}.sock" for name in ("a", "b")]
-    args = ["--workers", "2", "--threads", "4", "--no-access-log", "--log-level", "info",
+    args = ["--workers", str(workers), "--threads", "4", "--no-access-log", "--log-level", "info",
             "--graceful-timeout", "30"]
     backends = [Backend(name, bind, tmp_path, args) for name, bind in zip("ab", binds, strict=True)]
-    clients = rolling_restart(backends, lambda: start_nginx(tmp_path / "nginx", binds))
-    print(f"\nrolling restart behind nginx ({transport}): {clients.summary()}")
+    clients = rolling_restart(backends, lambda: start_nginx(tmp_path / "nginx", binds), reload=workers > 1)
+    print(f"\nrolling restart behind nginx ({transport}, --workers {workers}): {clients.summary()}")

@@ -544,7 +544,10 @@ class Supervisor:
                 except (BlockingIOError, InterruptedError):
                     pass
             elif callable(key.data):  # the metrics listener
-                key.data()
+                try:
+                    key.data()
+                except Exception:  # never the supervisor's end
+                    log.exception("metrics listener failed")
             elif key.data.status_fd >= 0:
                 self.on_message(key.data)
 
