@@ -65,12 +65,16 @@ METRIC_NAMES = {
 }
 
 
-def _status_of(runner: Any) -> int:
-    framer = runner.framer
+def _status_of(exchange: Any) -> int:
+    """The status code of a finished ``Runner`` (``framer``, ``status`` text) or an exchange
+    record (``status`` an int); 0 when nothing was sent."""
+    framer = getattr(exchange, "framer", None)
     if framer is not None:
         return framer.status_code
-    status = runner.status
-    return int(status[:3]) if status and status[:3].isdigit() else 0  # 0: nothing was sent
+    status = exchange.status
+    if isinstance(status, int):
+        return status
+    return int(status[:3]) if status and status[:3].isdigit() else 0
 
 
 class RequestStats:
@@ -86,8 +90,14 @@ class RequestStats:
         self.statsd = statsd
 
     def observe(self, runner: Any) -> None:
-        """The hook: ``Server.access`` calls this for every finished request."""
-        duration = time.monotonic() - runner.started_at
+        """The hook: ``Server.access`` calls this for every finished request.
+
+        ``runner`` is what ``access`` is given: a ``Runner`` (``method``, ``started_at``,
+        ``framer``/``status``), or any record with ``method``, ``status``, ``started_at``
+        and ``ended_at``.
+        """
+        ended = getattr(runner, "ended_at", None)
+        duration = (ended if ended is not None else time.monotonic()) - runner.started_at
         method = runner.method
         if method not in METHODS:
             method = "other"
