@@ -2,7 +2,8 @@
 
     python bench/metrics_cost.py
 
-Prints nanoseconds per call: the hook alone, the hook with statsd (one UDP
+Prints nanoseconds per call (best of 5): the hook alone, prometheus_client's own
+Counter + Histogram per request for comparison, the hook with statsd (one UDP
 datagram to a local socket), and the once-a-second multiprocess flush.
 """
 
@@ -32,6 +33,17 @@ def main() -> None:
     runner = SimpleNamespace(method="GET", framer=framer, status="200 OK", started_at=time.monotonic())
     stats = RequestStats()
     print(f"hook (RequestStats.observe):      {per_call(lambda: stats.observe(runner), 200_000):7.0f} ns/request")
+    from prometheus_client import CollectorRegistry, Counter, Histogram
+
+    registry = CollectorRegistry()
+    counter = Counter("c", "c", ("method", "status"), registry=registry)
+    histogram = Histogram("h", "h", registry=registry)
+
+    def direct() -> None:  # what the hook avoids: prometheus_client objects on the request path
+        counter.labels("GET", "200").inc()
+        histogram.observe(time.monotonic() - runner.started_at)
+
+    print(f"(prometheus_client Counter + Histogram: {per_call(direct, 200_000):5.0f} ns/request, for comparison)")
     sink = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     sink.bind(("127.0.0.1", 0))
     sink.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
