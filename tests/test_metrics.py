@@ -105,6 +105,7 @@ def test_one_process_metrics_scraped_and_parsed(spawn, gate, app_dir) -> None:  
         assert value(s, "wsgiplus_received_bytes_total") > 1000
         assert value(s, "wsgiplus_sent_bytes_total") > 0
         assert value(s, "wsgiplus_ready") == 1
+        assert any(name == "python_info" for name, _ in s)  # prometheus_client's default registry too
     finally:
         gate.release()
         client.join(30)

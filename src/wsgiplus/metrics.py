@@ -515,6 +515,16 @@ def statsd_from_config(config: Any) -> StatsdClient | None:
     return client
 
 
+class _Registered:
+    """Every collector of another registry, as one collector."""
+
+    def __init__(self, registry: Any) -> None:
+        self.registry = registry
+
+    def collect(self) -> Iterable[Any]:
+        return self.registry.collect()
+
+
 class _ReadyCollector:
     def __init__(self, server: Any) -> None:
         self.server = server
@@ -551,10 +561,13 @@ class WorkerMetrics:
             if path and multiprocess:
                 registry = multiprocess_registry(path, _ReadyCollector(server))
             else:
-                from prometheus_client import CollectorRegistry
+                from prometheus_client import REGISTRY, CollectorRegistry
 
                 registry = CollectorRegistry()
                 registry.register(PullCollector(server, self.stats))
+                # prometheus_client's default registry too: process_* and python_* metrics,
+                # and the app's own metrics if it makes any
+                registry.register(_Registered(REGISTRY))
             watch, unwatch = asyncio_watchers(loop)
             self.listener = StatusListener(listener_sock, lambda: self._render(registry),
                                            lambda: not server.stopping, watch, unwatch)
