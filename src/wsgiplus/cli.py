@@ -101,6 +101,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="add up to this many to --max-requests, per worker, so they do not recycle together")
     opt("--graceful-timeout", field="graceful_timeout",
         help="seconds in-flight requests (suspended ones too) get to finish on stop/reload")
+    opt("--drain-grace", field="drain_grace",
+        help="on stop/reload, idle keep-alive connections stay open this long, answering what "
+             "arrives with Connection: close (a pooling proxy may be reusing them)")
     opt("--reload", field="reload", action=argparse.BooleanOptionalAction,
         help="restart the worker when a .py file changes (development)")
     p.add_argument("--reload-dir", action="append", dest="reload_dirs", metavar="DIR",
@@ -149,6 +152,13 @@ def build_parser() -> argparse.ArgumentParser:
     opt("--forwarded-allow-ips", field="forwarded_allow_ips",
         help="comma-separated addresses/CIDRs (or '*') whose proxy headers are believed; "
              "env FORWARDED_ALLOW_IPS")
+
+    g = group = p.add_argument_group("metrics and health")
+    opt("--metrics-bind", field="metrics_bind",
+        help="HOST:PORT or unix:PATH of a separate listener for Prometheus /metrics, /healthz and "
+             "/readyz (503 once a graceful stop begins); needs wsgiplus[metrics]")
+    opt("--statsd-host", field="statsd_host", help="HOST:PORT or unix:PATH: send gunicorn's statsd metrics")
+    opt("--statsd-prefix", field="statsd_prefix", help="prefix of every statsd metric name")
 
     g = group = p.add_argument_group("logging")
     opt("--log-level", field="log_level", choices=["critical", "error", "warning", "info", "debug"])

@@ -45,6 +45,7 @@ class Config:
     body_min_rate: int | None = 500  # bytes per second, averaged
     request_timeout: float | None = None  # whole request, suspensions included
     graceful_timeout: float = 30.0
+    drain_grace: float = 1.0  # graceful stop: idle keep-alive connections stay open this long
     # flow control
     write_buffer_high: int = 256 * 1024
     write_buffer_low: int = 64 * 1024
@@ -67,6 +68,10 @@ class Config:
     max_requests_jitter: int = 0
     reload: bool = False  # development: restart the worker when a .py file changes
     reload_dirs: list[str] = field(default_factory=list)  # watched for --reload (default: cwd)
+    # metrics and health
+    metrics_bind: str | None = None  # HOST:PORT or unix:PATH for /metrics, /healthz, /readyz
+    statsd_host: str | None = None  # HOST:PORT or unix:PATH: gunicorn's statsd metric names
+    statsd_prefix: str = ""
     # logging
     log_level: str = "info"
     access_log: bool = True
@@ -99,7 +104,8 @@ class Config:
         for name in ("max_requests", "max_requests_jitter", "backlog"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must not be negative")
-        for name in ("keepalive_timeout", "header_timeout", "body_timeout", "graceful_timeout"):
+        for name in ("keepalive_timeout", "header_timeout", "body_timeout", "graceful_timeout",
+                     "drain_grace"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must not be negative")
         if self.loop not in ("auto", "asyncio", "uvloop"):
@@ -116,6 +122,18 @@ class Config:
         if self.keyfile and not self.certfile:
             raise ValueError("keyfile given without certfile")
         TrustedPeers(self.forwarded_allow_ips)
+        if self.metrics_bind:
+            import importlib.util
+
+            from .listeners import parse_bind
+
+            parse_bind(self.metrics_bind)
+            if importlib.util.find_spec("prometheus_client") is None:
+                raise ValueError("metrics_bind needs prometheus_client: pip install 'wsgiplus[metrics]'")
+        if self.statsd_host and not self.statsd_host.startswith("unix:"):
+            host, sep, port = self.statsd_host.rpartition(":")
+            if not sep or not port.isdigit():
+                raise ValueError(f"statsd_host must be HOST:PORT or unix:PATH, not {self.statsd_host!r}")
         resolve_format(self.access_log_format)
         return self
 
