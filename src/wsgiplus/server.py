@@ -419,6 +419,7 @@ class Server:
         self._sweep_every = 1.0
         self._spare_parsers: list[RequestParser] = []
         self._warned: set[tuple[int, float]] = set()
+        self.hurry = False  # stop_now() was called: no graceful wait
 
     @property
     def addresses(self) -> list[str]:
@@ -525,6 +526,15 @@ class Server:
             return
         self.loop.call_soon_threadsafe(self._stopping.set)
 
+    def stop_now(self) -> None:
+        """Stop without waiting: cut every connection (a second Ctrl-C). Loop thread only."""
+        self.hurry = True
+        if self._stopping is not None:
+            self._stopping.set()
+        for conn in list(self.connections):
+            if conn.transport is not None:
+                conn.transport.abort()
+
     async def wait_stopped(self) -> None:
         assert self._stopping is not None
         await self._stopping.wait()
@@ -532,6 +542,8 @@ class Server:
     async def shutdown(self, timeout: float | None = None) -> None:
         """Stop accepting, let in-flight requests (suspended ones too) finish, then close."""
         timeout = self.config.graceful_timeout if timeout is None else timeout
+        if self.hurry:
+            timeout = 0.0
         for srv in self._servers:
             srv.close()
         for conn in list(self.connections):
@@ -573,9 +585,15 @@ class Server:
     def _install_signals(self) -> None:
         if sys.platform == "win32":
             return
+        def on_signal() -> None:  # the first: graceful; a second one: stop now
+            if self._stopping is not None and self._stopping.is_set():
+                self.stop_now()
+            else:
+                self.request_stop()
+
         for sig in (signal.SIGTERM, signal.SIGINT):
             try:
-                self.loop.add_signal_handler(sig, self.request_stop)
+                self.loop.add_signal_handler(sig, on_signal)
             except (RuntimeError, ValueError):  # not the main thread
                 return
 

@@ -163,14 +163,25 @@ async def _serve_worker(config: Config, sockets: list[socket.socket] | None, sta
     await server.start(sockets)
     tell(MSG_READY)
 
-    def stop(fast: bool) -> None:
-        if fast:
-            quick.append(True)
-        server.request_stop()
+    def stop(sig: int) -> None:
+        # In this process alone: TERM/INT graceful, a second one (or QUIT) stops now. Under a
+        # supervisor, the supervisor decides: TERM graceful (again: no change), QUIT now.
+        again = bool(stopping) and status_fd is None
+        if sig == signal.SIGQUIT or again:
+            if not quick:
+                quick.append(True)
+                if stopping:
+                    log.info("worker %d: %s again: stopping now, cutting %d request(s)",
+                             pid, signal.Signals(sig).name, server.active)
+            server.stop_now()
+        elif not stopping:
+            stopping.append(sig)
+            server.request_stop()
 
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop, False)
-    loop.add_signal_handler(signal.SIGQUIT, stop, True)
+    stopping: list[int] = []
+    sigs = [signal.SIGTERM, signal.SIGQUIT] + ([signal.SIGINT] if status_fd is None else [])
+    for sig in sigs:  # a supervised worker ignores SIGINT: the terminal sends it to the whole group
+        loop.add_signal_handler(sig, stop, sig)
 
     def watch_parent() -> None:
         if status_fd is not None and os.getppid() != ppid:
@@ -197,6 +208,8 @@ async def _serve_worker(config: Config, sockets: list[socket.socket] | None, sta
         stop_watching.set()
     timeout = 0.0 if quick else config.graceful_timeout
     log.info("worker %d: stopping (%d requests in flight, graceful timeout %ss)", pid, server.active, timeout)
+    if status_fd is None and server.active and not quick:
+        log.info("waiting for %d request(s) to finish; press Ctrl-C again to stop now", server.active)
     await server.shutdown(timeout)
     log.info("worker %d: stopped after %d requests", pid, server.requests_done)
     return 0
@@ -299,8 +312,9 @@ class Supervisor:
             signal.set_wakeup_fd(-1)
             for sig in self.HANDLED:
                 signal.signal(sig, signal.SIG_DFL)
-            for sig in (signal.SIGHUP, signal.SIGTTIN, signal.SIGTTOU):
-                signal.signal(sig, signal.SIG_IGN)  # the supervisor's business, not a worker's
+            for sig in (signal.SIGHUP, signal.SIGTTIN, signal.SIGTTOU, signal.SIGINT):
+                # the supervisor's business, not a worker's (Ctrl-C reaches the whole group)
+                signal.signal(sig, signal.SIG_IGN)
             signal.signal(signal.SIGQUIT, _exit_now)  # until the loop installs its handlers
             self.selector.close()
             os.close(self._wake_r)
@@ -447,7 +461,13 @@ class Supervisor:
 
     def handle_signal(self, sig: int) -> None:
         if sig in (signal.SIGTERM, signal.SIGINT):
-            log.info("%s: graceful stop (timeout %ss)", signal.Signals(sig).name, self.config.graceful_timeout)
+            name = signal.Signals(sig).name
+            if self.stopping:
+                log.info("%s again: stopping now (in-flight requests are cut)", name)
+                self.begin_stop(signal.SIGQUIT)
+                return
+            log.info("%s: graceful stop: waiting for in-flight requests (timeout %ss); "
+                     "press Ctrl-C again to stop now", name, self.config.graceful_timeout)
             self.begin_stop(signal.SIGTERM)
         elif sig == signal.SIGQUIT:
             log.info("SIGQUIT: quick stop")
