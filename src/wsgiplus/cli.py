@@ -24,14 +24,15 @@ DEMO_APP = "wsgiplus.demo:app"
 S = argparse.SUPPRESS
 
 
-def _typed(name: str) -> Any:
+def _typed(name: str, lower: bool = False) -> Any:
     """An argparse ``type`` that converts like the config file does (sizes, 0 = off ...)."""
 
     def convert(text: str) -> Any:
         try:
-            return coerce(name, text)
+            value = coerce(name, text)
         except ValueError as exc:
             raise argparse.ArgumentTypeError(str(exc)) from None
+        return value.lower() if lower and isinstance(value, str) else value
 
     convert.__name__ = name
     return convert
@@ -70,10 +71,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     def opt(*flags: str, field: str, help: str = "", **kw: Any) -> None:
         if "action" not in kw:
-            kw.setdefault("type", _typed(field))
+            kw.setdefault("type", _typed(field, lower="choices" in kw))  # choices in any case
             if "choices" not in kw:
                 kw.setdefault("metavar", _metavar(field))
-        group.add_argument(*flags, dest=field, help=f"{help} (default: {_default(field)})".lstrip(), **kw)
+        if "(default:" not in help:
+            help = f"{help} (default: {_default(field)})".lstrip()
+        group.add_argument(*flags, dest=field, help=help, **kw)
 
     p.add_argument("app", nargs="?", default=S,
                    help=f"module:attribute of the WSGI app (default: the demo, {DEMO_APP})")

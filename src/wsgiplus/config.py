@@ -104,6 +104,10 @@ class Config:
             raise ValueError(f"url_scheme must be http or https, not {self.url_scheme!r}")
         if self.keyfile and not self.certfile:
             raise ValueError("keyfile given without certfile")
+        from .listeners import parse_bind
+
+        for bind in self.bind:
+            parse_bind(bind)  # BindError (a ValueError) names the bind and the problem
         TrustedPeers(self.forwarded_allow_ips)
         resolve_format(self.access_log_format)
         return self

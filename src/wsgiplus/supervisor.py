@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import importlib
 import logging
 import os
 import random
@@ -34,7 +35,7 @@ from typing import Any
 
 from .config import Config
 from .importer import AppImportError, import_app
-from .listeners import bind_socket, describe, socket_from_fd
+from .listeners import ListenError, bind_socket, describe, socket_from_fd
 from .server import Server, new_event_loop
 
 log = logging.getLogger("wsgiplus.error")
@@ -83,6 +84,34 @@ def load_app(config: Config) -> Callable[..., Any]:
     return app() if config.factory else app
 
 
+def _ours(filename: str) -> bool:
+    """Frames a user need not read: WSGI+'s own and the import machinery's."""
+    return filename.startswith(_NOT_THE_APP)
+
+
+_NOT_THE_APP = (os.path.dirname(os.path.abspath(__file__)) + os.sep,
+                os.path.dirname(importlib.__file__) + os.sep, "<frozen importlib")
+
+
+def app_error_text(config: Config, exc: BaseException) -> str:
+    """Why the app does not load, the same in one process and in N workers: one line for a
+    bad app spec, else the app's own traceback (frames of WSGI+ and importlib left out)."""
+    spec = config.app if isinstance(config.app, str) else repr(config.app)
+    if isinstance(exc, AppImportError):
+        return f"cannot load the app {spec!r}: {exc}"
+    tb = traceback.TracebackException.from_exception(exc)
+    seen: set[int] = set()
+    pending = [tb]
+    while pending:
+        t = pending.pop()
+        if id(t) in seen:
+            continue
+        seen.add(id(t))
+        t.stack = traceback.StackSummary.from_list([f for f in t.stack if not _ours(f.filename)])
+        pending += [c for c in (t.__cause__, t.__context__) if c is not None]
+    return f"cannot load the app {spec!r}:\n" + "".join(tb.format()).rstrip()
+
+
 def _failed_app(text: str) -> Callable[..., Any]:
     """With --reload, an app that does not import answers 500 with why, until the file is fixed."""
     body = f"wsgiplus: the app failed to load (fix it; --reload is watching)\n\n{text}".encode()
@@ -96,11 +125,12 @@ def _failed_app(text: str) -> Callable[..., Any]:
 
 
 def run_worker(config: Config, sockets: list[socket.socket] | None, status_fd: int | None = None,
-               app: Callable[..., Any] | None = None) -> int:
+               app: Callable[..., Any] | None = None, may_report: Callable[[], bool] | None = None) -> int:
     """Serve ``config.app`` on ``sockets`` until told to stop; return the exit status.
 
     ``sockets`` None: bind ``config.bind`` here. ``status_fd`` is the pipe to the
-    supervisor (None when running in-process).
+    supervisor (None when running in-process). ``may_report()`` says whether this
+    worker is the one to print an import error (N workers print it once).
     """
     pid = os.getpid()
     watcher = None
@@ -111,15 +141,16 @@ def run_worker(config: Config, sockets: list[socket.socket] | None, status_fd: i
     try:
         app = app if app is not None else load_app(config)
     except Exception as exc:  # the app's import error, whatever it is
+        text = app_error_text(config, exc)
         if not config.reload:
-            log.error("worker %d: cannot load the app %r", pid, config.app, exc_info=exc)
+            if may_report is None or may_report():
+                log.error("%s", text)
             return BOOT_ERROR
-        log.error("worker %d: cannot load the app %r; serving the error until a file changes",
-                  pid, config.app, exc_info=exc)
+        log.error("%s\n(serving this error until a file changes)", text)
         filename = getattr(exc, "filename", None)
         if isinstance(filename, str) and watcher is not None:
             watcher.add_file(filename)
-        app = _failed_app("".join(traceback.format_exception(exc)))
+        app = _failed_app(text)
     loop = new_event_loop(config.loop)
     asyncio.set_event_loop(loop)
     try:
@@ -256,6 +287,25 @@ class Supervisor:
         self.spawn_not_before = 0.0
         self.backoff = 1.0
         self._wake_r, self._wake_w = os.pipe()
+        # one token: the worker that takes it prints an import error, so N workers print it once
+        self._say_r, self._say_w = os.pipe()
+        os.set_blocking(self._say_r, False)
+        os.set_blocking(self._say_w, False)
+        self.rearm_report()
+
+    def rearm_report(self) -> None:
+        """Let the next worker that cannot import the app print why (one token in the pipe)."""
+        try:
+            os.read(self._say_r, 64)
+        except BlockingIOError:
+            pass
+        os.write(self._say_w, b"x")
+
+    def _may_report(self) -> bool:
+        try:
+            return os.read(self._say_r, 1) == b"x"
+        except BlockingIOError:
+            return False
 
     # -- setup ----------------------------------------------------------
 
@@ -324,7 +374,8 @@ class Supervisor:
                     os.close(other.status_fd)
                 except OSError:
                     pass
-            status = run_worker(self.config, self.sockets, status_fd, self.app)
+            os.close(self._say_w)
+            status = run_worker(self.config, self.sockets, status_fd, self.app, self._may_report)
         except SystemExit as exc:
             status = exc.code if isinstance(exc.code, int) else 1
         except BaseException:
@@ -374,6 +425,7 @@ class Supervisor:
             if msg == MSG_READY and not worker.ready:
                 worker.ready = True
                 self.backoff = 1.0
+                self.rearm_report()
                 log.info("worker pid %d ready", worker.pid)
                 old = self.workers.get(worker.replaces) if worker.replaces else None
                 if old is not None and not old.stopping:
@@ -476,6 +528,7 @@ class Supervisor:
             if self.stopping:
                 return
             log.info("SIGHUP: replacing %d worker(s) with fresh ones", len(self.serving()))
+            self.rearm_report()
             for worker in self.serving():
                 self.replace(worker)
         elif sig == signal.SIGTTIN:
@@ -490,6 +543,9 @@ class Supervisor:
     def run(self) -> int:
         try:
             self.open_sockets()
+        except ListenError as exc:
+            log.error("%s", exc)
+            return exc.status
         except OSError as exc:
             log.error("cannot listen: %s", exc)
             return 1
@@ -549,8 +605,8 @@ class Supervisor:
                 if exc.errno != errno.ENOENT:
                     log.warning("cannot remove %s: %s", path, exc)
         self.selector.close()
-        os.close(self._wake_r)
-        os.close(self._wake_w)
+        for fd in (self._wake_r, self._wake_w, self._say_r, self._say_w):
+            os.close(fd)
 
 
 def run(config: Config) -> int:
@@ -558,14 +614,14 @@ def run(config: Config) -> int:
     if config.workers <= 1 and not config.reload and config.max_requests <= 0:
         try:
             app = load_app(config)
-        except AppImportError as exc:
-            log.error("wsgiplus: %s", exc)
-            return BOOT_ERROR
-        except Exception:
-            log.exception("wsgiplus: cannot load the app %r", config.app)
+        except Exception as exc:  # the app's import error, whatever it is
+            log.error("%s", app_error_text(config, exc))
             return BOOT_ERROR
         try:
             return run_worker(config, None, None, app)
+        except ListenError as exc:
+            log.error("%s", exc)
+            return exc.status
         except OSError as exc:
             log.error("wsgiplus: %s", exc)
             return 1
