@@ -15,12 +15,12 @@ from collections.abc import Sequence
 from typing import Any
 
 from . import __version__
+from .banner import DEMO_APP
 from .config import Config
 from .configfile import KINDS, ConfigFileError, coerce, find_pyproject, load_file
 
 __all__ = ["build_parser", "config_from_args", "main"]
 
-DEMO_APP = "wsgiplus.demo:app"
 S = argparse.SUPPRESS
 
 
@@ -154,18 +154,34 @@ def build_parser() -> argparse.ArgumentParser:
         help="gunicorn atoms, or 'common'/'combined' (default: combined)")
     opt("--error-logfile", field="error_logfile", help="file for the error log; '-' is stderr")
     opt("--log-json", field="log_json", action=argparse.BooleanOptionalAction, help="JSON lines")
+    opt("--log-config", field="log_config",
+        help="a logging config file: dictConfig as .json or .toml, or fileConfig .ini")
     return p
 
 
 def config_from_args(args: argparse.Namespace, environ: dict[str, str] | None = None) -> Config:
     """Merge defaults, environment, config file and command line into a checked ``Config``."""
+    return load_settings(args, environ)[0]
+
+
+def load_settings(args: argparse.Namespace,
+                  environ: dict[str, str] | None = None) -> tuple[Config, list[str]]:
+    """``config_from_args``, and where the settings came from, weakest first (for the banner)."""
     env = os.environ if environ is None else environ
     values: dict[str, Any] = {}
+    sources = ["defaults"]
     if env.get("FORWARDED_ALLOW_IPS"):
         values["forwarded_allow_ips"] = coerce("forwarded_allow_ips", env["FORWARDED_ALLOW_IPS"])
-    path = getattr(args, "config", None) or find_pyproject()
+        sources.append("$FORWARDED_ALLOW_IPS")
+    given = getattr(args, "config", None)
+    path = given or find_pyproject()
     if path:
-        values.update(load_file(path))
+        from_file = load_file(path)
+        values.update(from_file)
+        if given:
+            sources.append(str(given))
+        elif from_file:  # a pyproject.toml nobody named: say so, it changes the run
+            sources.append(f"{path} [tool.wsgiplus] (found in the working directory)")
     cli = {k: v for k, v in vars(args).items() if k in Config.field_names()}
     binds = list(getattr(args, "bind", None) or []) + [f"unix:{u}" for u in getattr(args, "uds", None) or []]
     if binds:
@@ -177,20 +193,24 @@ def config_from_args(args: argparse.Namespace, environ: dict[str, str] | None = 
     values.update(cli)
     if getattr(args, "app", None):
         values["app"] = args.app
+    if cli or getattr(args, "app", None):
+        sources.append("command line")
     values.setdefault("app", DEMO_APP)
-    return Config(**values).validate()
+    return Config(**values).validate(), sources
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        config = config_from_args(args)
+        config, sources = load_settings(args)
     except (ConfigFileError, ValueError, TypeError) as exc:
         parser.exit(2, f"wsgiplus: {exc}\n")
     from .logconfig import setup_logging
     from .supervisor import run
 
-    setup_logging(config)
-    sys.exit(run(config))
-
+    try:
+        setup_logging(config)
+    except (OSError, ValueError) as exc:  # a log file that cannot be opened, a bad --log-config
+        parser.exit(2, f"wsgiplus: {exc}\n")
+    sys.exit(run(config, sources=sources))

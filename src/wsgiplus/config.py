@@ -68,6 +68,7 @@ class Config:
     access_logfile: str | None = None  # "-" or None: stdout
     error_logfile: str | None = None  # None: stderr
     log_json: bool = False
+    log_config: str | None = None  # a logging config file (dictConfig .json/.toml, or ini)
 
     @property
     def limits(self) -> Limits:

@@ -30,7 +30,7 @@ import socket
 import sys
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from .config import Config
@@ -125,14 +125,14 @@ def _failed_app(text: str) -> Callable[..., Any]:
 
 
 def run_worker(config: Config, sockets: list[socket.socket] | None, status_fd: int | None = None,
-               app: Callable[..., Any] | None = None, may_report: Callable[[], bool] | None = None) -> int:
+               app: Callable[..., Any] | None = None, may_report: Callable[[], bool] | None = None,
+               sources: Sequence[str] = ()) -> int:
     """Serve ``config.app`` on ``sockets`` until told to stop; return the exit status.
 
     ``sockets`` None: bind ``config.bind`` here. ``status_fd`` is the pipe to the
     supervisor (None when running in-process). ``may_report()`` says whether this
     worker is the one to print an import error (N workers print it once).
     """
-    pid = os.getpid()
     watcher = None
     if config.reload:  # look at the files before importing them, so no edit slips between
         from .reload import FileWatcher
@@ -154,7 +154,7 @@ def run_worker(config: Config, sockets: list[socket.socket] | None, status_fd: i
     loop = new_event_loop(config.loop)
     asyncio.set_event_loop(loop)
     try:
-        return loop.run_until_complete(_serve_worker(config, sockets, status_fd, app, watcher))
+        return loop.run_until_complete(_serve_worker(config, sockets, status_fd, app, watcher, sources))
     finally:
         try:
             loop.run_until_complete(loop.shutdown_asyncgens())
@@ -163,7 +163,7 @@ def run_worker(config: Config, sockets: list[socket.socket] | None, status_fd: i
 
 
 async def _serve_worker(config: Config, sockets: list[socket.socket] | None, status_fd: int | None,
-                        app: Callable[..., Any], watcher: Any) -> int:
+                        app: Callable[..., Any], watcher: Any, sources: Sequence[str] = ()) -> int:
     loop = asyncio.get_running_loop()
     pid, ppid = os.getpid(), os.getppid()
     asked: list[str] = []
@@ -193,6 +193,11 @@ async def _serve_worker(config: Config, sockets: list[socket.socket] | None, sta
                           on_max_requests=lambda: ask_replacement("max_requests"))
     await server.start(sockets)
     tell(MSG_READY)
+    if status_fd is None:  # the process the user started: tell them what runs where
+        from .banner import log_banner
+
+        uv = type(loop).__module__.startswith("uvloop")
+        log_banner(config, server.addresses, sources=sources, loop="uvloop" if uv else "asyncio")
 
     def stop(sig: int) -> None:
         # In this process alone: TERM/INT graceful, a second one (or QUIT) stops now. Under a
@@ -273,8 +278,10 @@ class Supervisor:
     HANDLED = (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGHUP,
                signal.SIGTTIN, signal.SIGTTOU, signal.SIGCHLD)
 
-    def __init__(self, config: Config, app: Callable[..., Any] | None = None) -> None:
+    def __init__(self, config: Config, app: Callable[..., Any] | None = None,
+                 sources: Sequence[str] = ()) -> None:
         self.config = config
+        self.sources = list(sources)
         self.app = app if app is not None and not isinstance(app, str) else None
         self.target = config.workers
         self.workers: dict[int, WorkerProcess] = {}
@@ -455,6 +462,8 @@ class Supervisor:
         how = f"killed by signal {-code}" if code < 0 else f"exit status {code}"
         if worker.stopping:
             log.info("worker pid %d exited (%s)", worker.pid, how)
+        elif code == BOOT_ERROR and not worker.ready:
+            log.warning("worker pid %d could not load the app (%s)", worker.pid, how)
         else:
             log.warning("worker pid %d died unexpectedly (%s)", worker.pid, how)
         new = self.workers.get(worker.replaced_by) if worker.replaced_by is not None else None
@@ -550,8 +559,10 @@ class Supervisor:
             log.error("cannot listen: %s", exc)
             return 1
         self.install_signals()
-        log.info("WSGI+ supervisor pid %d: %d worker(s) on %s", os.getpid(), self.target,
-                 ", ".join(describe(s) for s in self.sockets))
+        from .banner import log_banner
+
+        log_banner(self.config, [describe(s) for s in self.sockets], sources=self.sources,
+                   supervisor_pid=os.getpid())
         try:
             self.maintain()
             while self.workers or not self.stopping:
@@ -609,8 +620,11 @@ class Supervisor:
             os.close(fd)
 
 
-def run(config: Config) -> int:
-    """Serve ``config``: in this process when one worker will do, else under a supervisor."""
+def run(config: Config, *, sources: Sequence[str] = ()) -> int:
+    """Serve ``config``: in this process when one worker will do, else under a supervisor.
+
+    ``sources`` (where the settings came from, for the banner) is the CLI's.
+    """
     if config.workers <= 1 and not config.reload and config.max_requests <= 0:
         try:
             app = load_app(config)
@@ -618,11 +632,11 @@ def run(config: Config) -> int:
             log.error("%s", app_error_text(config, exc))
             return BOOT_ERROR
         try:
-            return run_worker(config, None, None, app)
+            return run_worker(config, None, None, app, sources=sources)
         except ListenError as exc:
             log.error("%s", exc)
             return exc.status
         except OSError as exc:
             log.error("wsgiplus: %s", exc)
             return 1
-    return Supervisor(config).run()
+    return Supervisor(config, sources=sources).run()
