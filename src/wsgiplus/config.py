@@ -6,6 +6,7 @@ Names follow gunicorn and uvicorn where they mean the same thing.
 from __future__ import annotations
 
 import dataclasses
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -61,6 +62,15 @@ class Config:
     max_requests_jitter: int = 0
     reload: bool = False  # development: restart the worker when a .py file changes
     reload_dirs: list[str] = field(default_factory=list)  # watched for --reload (default: cwd)
+    reload_include: list[str] = field(default_factory=list)  # glob patterns watched besides *.py
+    reload_exclude: list[str] = field(default_factory=list)  # glob patterns never watched
+    preload: bool = False  # import the app in the supervisor, before forking the workers
+    # the process
+    chdir: str | None = None  # change to this directory before loading the app
+    pythonpath: list[str] = field(default_factory=list)  # directories put first on sys.path
+    pidfile: str | None = None  # write the server's pid here (removed on exit)
+    env: list[str] = field(default_factory=list)  # KEY=VALUE set in the environment
+    env_file: str | None = None  # a .env file (variables already set win)
     # logging
     log_level: str = "info"
     access_log: bool = True
@@ -105,6 +115,16 @@ class Config:
             raise ValueError(f"url_scheme must be http or https, not {self.url_scheme!r}")
         if self.keyfile and not self.certfile:
             raise ValueError("keyfile given without certfile")
+        for entry in self.env:
+            if "=" not in entry or not entry.split("=", 1)[0]:
+                raise ValueError(f"env {entry!r}: want KEY=VALUE")
+        if self.preload and self.reload:
+            raise ValueError("preload and reload do not go together: the supervisor would keep "
+                             "the code it imported; drop preload while developing")
+        if self.chdir and not os.path.isdir(self.chdir):
+            raise ValueError(f"chdir {self.chdir}: no such directory")
+        if self.env_file and not os.path.isfile(self.env_file):
+            raise ValueError(f"env_file {self.env_file}: no such file")
         from .listeners import parse_bind
 
         for bind in self.bind:

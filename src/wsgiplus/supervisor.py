@@ -620,17 +620,78 @@ class Supervisor:
             os.close(fd)
 
 
+def prepare_process(config: Config) -> None:
+    """The process settings, before anything is imported: chdir, sys.path, the environment."""
+    if config.chdir:
+        os.chdir(config.chdir)
+    for path in reversed(config.pythonpath):
+        path = os.path.abspath(path)
+        if path in sys.path:
+            sys.path.remove(path)
+        sys.path.insert(0, path)
+    if config.env_file:
+        try:
+            from dotenv import dotenv_values
+        except ImportError:
+            raise ValueError("env_file needs python-dotenv: pip install 'wsgiplus[dotenv]'") from None
+        for key, value in dotenv_values(config.env_file).items():
+            if value is not None:
+                os.environ.setdefault(key, value)  # the environment you started with wins
+    for entry in config.env:
+        key, _, value = entry.partition("=")
+        os.environ[key] = value
+
+
+def _write_pidfile(path: str) -> None:
+    tmp = f"{path}.{os.getpid()}.tmp"
+    with open(tmp, "w") as f:
+        f.write(f"{os.getpid()}\n")
+    os.replace(tmp, path)  # never a half-written pid file
+
+
+def _remove_pidfile(path: str) -> None:
+    try:
+        with open(path) as f:
+            if f.read().strip() != str(os.getpid()):
+                return  # someone else's by now
+        os.unlink(path)
+    except OSError:
+        pass
+
+
 def run(config: Config, *, sources: Sequence[str] = ()) -> int:
     """Serve ``config``: in this process when one worker will do, else under a supervisor.
 
     ``sources`` (where the settings came from, for the banner) is the CLI's.
     """
-    if config.workers <= 1 and not config.reload and config.max_requests <= 0:
+    try:
+        prepare_process(config)
+    except (OSError, ValueError) as exc:
+        log.error("%s", exc)
+        return 2
+    if config.pidfile:
+        try:
+            _write_pidfile(config.pidfile)
+        except OSError as exc:
+            log.error("cannot write the pid file %s: %s", config.pidfile, exc.strerror)
+            return 1
+    try:
+        return _run(config, sources)
+    finally:
+        if config.pidfile:
+            _remove_pidfile(config.pidfile)
+
+
+def _run(config: Config, sources: Sequence[str]) -> int:
+    supervised = not (config.workers <= 1 and not config.reload and config.max_requests <= 0)
+    app = None
+    if not supervised or config.preload:
         try:
             app = load_app(config)
         except Exception as exc:  # the app's import error, whatever it is
             log.error("%s", app_error_text(config, exc))
             return BOOT_ERROR
+    if not supervised:
         try:
             return run_worker(config, None, None, app, sources=sources)
         except ListenError as exc:
@@ -639,4 +700,4 @@ def run(config: Config, *, sources: Sequence[str] = ()) -> int:
         except OSError as exc:
             log.error("wsgiplus: %s", exc)
             return 1
-    return Supervisor(config, sources=sources).run()
+    return Supervisor(config, app=app, sources=sources).run()
