@@ -61,8 +61,13 @@ def banner_lines(config: Config, addresses: Sequence[str], *, sources: Sequence[
             lines.append((warn, f"{address} is every network interface: reachable from other machines "
                                 "(bind 127.0.0.1:PORT for this machine only)"))
     if config.reload:
+        from .reload import backend
+
         dirs = ", ".join(config.reload_dirs or [os.getcwd()])
-        lines.append((info, f"reload: watching {dirs}"))
+        how = ("watchfiles" if backend() == "watchfiles"
+               else "stat() polling; pip install 'wsgiplus[reload]' for watchfiles")
+        patterns = " ".join(["*.py", *config.reload_include] + [f"!{p}" for p in config.reload_exclude])
+        lines.append((info, f"reload: watching {patterns} under {dirs} ({how})"))
     lines.append((info, "press Ctrl-C to stop (twice to stop now)"))
     return lines
 

@@ -135,9 +135,10 @@ def run_worker(config: Config, sockets: list[socket.socket] | None, status_fd: i
     """
     watcher = None
     if config.reload:  # look at the files before importing them, so no edit slips between
-        from .reload import FileWatcher
+        from .reload import make_watcher
 
-        watcher = FileWatcher(config.reload_dirs or [os.getcwd()])
+        watcher = make_watcher(config.reload_dirs or [os.getcwd()], include=config.reload_include,
+                               exclude=config.reload_exclude)
     try:
         app = app if app is not None else load_app(config)
     except Exception as exc:  # the app's import error, whatever it is
