@@ -177,3 +177,25 @@ def test_gunicorn_accesslog_none_turns_the_access_log_off(tmp_path: Path) -> Non
                                  "worker_class": "wsgiplus.gunicorn.Worker", "daemon": True})
     assert values == {"access_log": False, "error_logfile": None, "max_request_line": UNLIMITED}
     assert ignored == ["daemon"]
+
+
+def test_the_migration_page_tells_the_truth_about_flags() -> None:
+    """Every flag the page says WSGI+ takes is taken; every flag it says WSGI+ lacks is refused."""
+    page = (Path(__file__).resolve().parent.parent / "docs" / "migration.md").read_text()
+    known = {flag for action in build_parser()._actions for flag in action.option_strings}
+    token = re.compile(r"`(-{1,2}[A-Za-z][A-Za-z0-9_-]*)`")
+    taken, lacking = set(), set()
+    for line in page.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")] if line.startswith("| `") else []
+        if len(cells) < 2:
+            continue
+        theirs, ours = token.findall(cells[0]), token.findall(cells[1])
+        if cells[1].startswith("same"):
+            taken |= set(theirs) | set(ours)
+        elif cells[1] == "—":
+            lacking |= set(theirs)
+        else:
+            taken |= set(ours)
+    assert len(taken) > 40 and len(lacking) > 10
+    assert sorted(taken - known) == []
+    assert sorted(lacking & known) == []

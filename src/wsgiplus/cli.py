@@ -123,7 +123,7 @@ def build_parser() -> argparse.ArgumentParser:
     opt("--chdir", field="chdir", metavar="DIR", help="change to DIR before reading settings and the app")
     opt("--pythonpath", "--app-dir", field="pythonpath", action="extend", type=_typed("pythonpath"),
         metavar="DIRS", help="comma-separated directories put first on sys.path; repeatable")
-    opt("--pid", "--pidfile", field="pidfile", help="write the server's pid to this file")
+    opt("-p", "--pid", "--pidfile", field="pidfile", help="write the server's pid to this file")
     opt("-e", "--env", field="env", action="append", type=str, metavar="KEY=VALUE",
         help="set an environment variable for the app; repeatable")
     opt("--env-file", field="env_file",
@@ -208,6 +208,7 @@ def _spellings(p: argparse.ArgumentParser) -> None:
            zero=UNLIMITED, note=" (0: 1 MiB)")
     _alias(g, "--worker-connections", "--limit-concurrency", field="max_connections")
     _alias(g, "--limit-max-requests", field="max_requests")
+    _alias(g, "--limit-max-requests-jitter", field="max_requests_jitter")
     _alias(g, "--ssl-certfile", field="certfile")
     _alias(g, "--ssl-keyfile", field="keyfile")
     _alias(g, "--ssl-keyfile-password", field="keyfile_password")
