@@ -295,3 +295,35 @@ def test_log_level_in_any_case_and_help_shows_each_default_once(tmp_path: Path) 
     import re
 
     assert not re.search(r"\(default: [^)]*\) \(default:", text), text
+
+
+def test_fields_added_to_config_get_flags_without_editing_the_cli(monkeypatch: pytest.MonkeyPatch,
+                                                                  tmp_path: Path) -> None:
+    """Other branches add Config fields; the parser must grow a flag for each on its own."""
+    import dataclasses
+
+    import wsgiplus.cli as cli
+    import wsgiplus.configfile as configfile
+
+    extended = dataclasses.make_dataclass("Extended", [
+        ("metrics_bind", "str | None", dataclasses.field(default=None, metadata={"help": "where metrics go"})),
+        ("http2_max_streams", "int", dataclasses.field(default=100)),
+        ("shiny", "bool", dataclasses.field(default=False)),
+        ("trusted_headers", "list[str]", dataclasses.field(default_factory=list)),
+    ], bases=(Config,))
+    monkeypatch.setattr(cli, "Config", extended)
+    monkeypatch.setattr(configfile, "Config", extended)
+    kinds = {f.name: (str(f.type).split("|")[0].strip(), "None" in str(f.type))
+             for f in dataclasses.fields(extended)}
+    monkeypatch.setattr(cli, "KINDS", kinds)
+    monkeypatch.setattr(configfile, "KINDS", kinds)
+    monkeypatch.chdir(tmp_path)
+    parser = cli.build_parser()
+    assert "where metrics go (default: off)" in parser.format_help()
+    config = cli.config_from_args(parser.parse_args(
+        ["--metrics-bind", "127.0.0.1:9100", "--http2-max-streams", "5", "--shiny",
+         "--trusted-headers", "a,b", "--trusted-headers", "c"]), {})
+    assert (config.metrics_bind, config.http2_max_streams, config.shiny) == ("127.0.0.1:9100", 5, True)
+    assert config.trusted_headers == ["a", "b", "c"]
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--http2-max-streams", "many"])

@@ -73,3 +73,39 @@ def test_repeated_sigterm_to_a_worker_group_stays_graceful(spawn, gate, app_dir)
     assert results and results[0][0] == 200 and results[0][1].startswith("done ")
     assert proc.wait(60) == 0
     assert "stopping now" not in proc.output
+
+
+SERVER_SCRIPT = '''
+import sys
+sys.path.insert(0, ".")
+from plusapp import app
+from wsgiplus import Config, Server
+from wsgiplus.logconfig import setup_logging
+
+config = Config(bind=["127.0.0.1:0"], threads=2, graceful_timeout=3600.0, access_log=False)
+setup_logging(config)
+Server(app, config).run()
+'''
+
+
+def test_server_run_api_second_sigint_stops_now(spawn, gate, app_dir) -> None:  # noqa: F811
+    (app_dir / "serve.py").write_text(SERVER_SCRIPT)
+    proc = spawn(["serve.py"], app_dir, {"GATE_PORT": str(gate.port)})
+    port = proc.port()
+    results: list[object] = []
+
+    def client() -> None:
+        try:
+            results.append(get(port, "/gate", timeout=60))
+        except OSError as exc:
+            results.append(exc)
+
+    t = threading.Thread(target=client)
+    t.start()
+    gate.wait_arrivals(1)
+    proc.send(signal.SIGINT)
+    proc.wait_for("shutting down")
+    proc.send(signal.SIGINT)
+    assert proc.wait(60) == 0, proc.output
+    t.join(30)
+    assert len(results) == 1 and isinstance(results[0], OSError)
