@@ -2,8 +2,13 @@
 
 Settings come, weakest first, from the defaults, the ``FORWARDED_ALLOW_IPS``
 environment variable, ``[tool.wsgiplus]`` in ./pyproject.toml or the file
-named by ``--config``, and the command line. Options not given on the command
-line do not override the file (argparse defaults are suppressed for that).
+named by ``--config`` (TOML, or a ``gunicorn.conf.py``), and the command line.
+Options not given on the command line do not override the file (argparse
+defaults are suppressed for that).
+
+Every ``Config`` field has a flag: the hand-written ones below (grouped, with
+help and gunicorn's/uvicorn's spellings), and ``--field-name`` for any field
+added later (``_remaining_fields``), typed like the config file.
 """
 
 from __future__ import annotations
