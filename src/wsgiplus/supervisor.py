@@ -208,8 +208,8 @@ async def _serve_worker(config: Config, sockets: list[socket.socket] | None, sta
             if not quick:
                 quick.append(True)
                 if stopping:
-                    log.info("worker %d: %s again: stopping now, cutting %d request(s)",
-                             pid, signal.Signals(sig).name, server.active)
+                    log.info("worker %d: %s%s: stopping now, cutting %d request(s)", pid,
+                             signal.Signals(sig).name, " again" if again else "", server.active)
             server.stop_now()
         elif not stopping:
             stopping.append(sig)
