@@ -198,4 +198,20 @@ def test_the_migration_page_tells_the_truth_about_flags() -> None:
             taken |= set(ours)
     assert len(taken) > 40 and len(lacking) > 10
     assert sorted(taken - known) == []
-    assert sorted(lacking & known) == []
+    from wsgiplus.cli import REFUSED
+
+    refused = {flag for flags, _ in REFUSED for flag in flags}
+    assert sorted((lacking & known) - refused) == []  # absent, or refused with the reason
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["-k", "gthread"], "-k: the wsgiplus command is the worker; to keep gunicorn's arbiter, run gunicorn -k"),
+    (["--worker-class=sync"], "--worker-class: the wsgiplus command is the worker"),
+    (["--daemon"], "--daemon: WSGI+ does not daemonize"),
+    (["-u", "www-data"], "-u: WSGI+ does not switch users"),
+])
+def test_gunicorn_flags_without_an_equivalent_say_why(argv: list[str], message: str, tmp_path: Path) -> None:
+    result = subprocess.run([sys.executable, "-m", "wsgiplus", *argv, "myapp:app"], cwd=tmp_path,
+                            capture_output=True, text=True, timeout=30)
+    assert result.returncode == 2 and result.stderr.startswith(f"wsgiplus: {message}"), result.stderr
+    assert result.stderr.count("\n") == 1

@@ -201,6 +201,28 @@ def _alias(group: Any, *flags: str, field: str, zero: int | None = None, note: s
                        help=f"= {main_flag}{note}")
 
 
+# gunicorn flags a user may carry over that WSGI+ has no equivalent for: refused with why
+REFUSED = [
+    (("-k", "--worker-class"), "the wsgiplus command is the worker; to keep gunicorn's arbiter, run "
+                               "gunicorn -k wsgiplus.gunicorn.Worker (docs/migration.md)"),
+    (("-D", "--daemon"), "WSGI+ does not daemonize; run it under systemd or a container"),
+    (("-u", "--user"), "WSGI+ does not switch users; use systemd's User= (or start it as that user)"),
+    (("-g", "--group"), "WSGI+ does not switch groups; use systemd's Group="),
+]
+
+
+class _Refuse(argparse.Action):
+    """A flag from gunicorn that WSGI+ does not have: a usage error that says why."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str, why: str = "", **kw: Any) -> None:
+        super().__init__(option_strings, dest=S, **kw)
+        self.why = why
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any,
+                 option_string: str | None = None) -> None:
+        parser.exit(2, f"wsgiplus: {option_string}: {self.why}\n")
+
+
 def _spellings(p: argparse.ArgumentParser) -> None:
     from .gunicornconf import UNLIMITED
 
@@ -219,6 +241,8 @@ def _spellings(p: argparse.ArgumentParser) -> None:
     _alias(g, "--ssl-keyfile-password", field="keyfile_password")
     _alias(g, "--access-logformat", field="access_log_format")
     _alias(g, "--log-file", field="error_logfile")
+    for flags, why in REFUSED:
+        g.add_argument(*flags, action=_Refuse, nargs="?", why=why, help=argparse.SUPPRESS)
     g.add_argument("--timeout", dest="gunicorn_timeout", metavar="SECONDS",
                    help="gunicorn's worker timeout: ignored, with a warning (a slow or suspended request "
                         "never gets a worker killed; see --request-timeout and --blocking-warn)")
