@@ -121,7 +121,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="also watch files matching this glob (e.g. '*.html', 'conf/*.toml'); repeatable")
     opt("--reload-exclude", field="reload_exclude", action="extend", type=_typed("reload_exclude"),
         metavar="GLOB", help="never watch files matching this glob; repeatable")
-    opt("--preload", "--preload-app", field="preload", action=argparse.BooleanOptionalAction,
+    opt("--preload", field="preload", action=argparse.BooleanOptionalAction,
         help="import the app in the supervisor before forking the workers (they share its memory)")
 
     g = group = p.add_argument_group("the process")
