@@ -226,19 +226,16 @@ def test_bind_spellings_gunicorn_users_type() -> None:
     assert parse_bind("[::]:80") == ("tcp", "::", 80)
 
 
-def test_localhost_bind_serves(tmp_path: Path) -> None:
-    from conftest import cli_server
-
-    with cli_server(["--threads", "1"], tmp_path) as server:  # sanity: the helper's own bind works
-        assert get(server.port, "/")[0] == 200
-    proc = subprocess.Popen([sys.executable, "-m", "wsgiplus", "--bind", "localhost:0"], cwd=tmp_path,
-                            stderr=subprocess.PIPE, text=True, start_new_session=True)
-    try:
-        line = proc.stderr.readline()
-        assert "WSGI+ listening on" in line, line
-    finally:
-        proc.terminate()
-        proc.wait(30)
+def test_localhost_bind_serves(spawn, tmp_path: Path) -> None:  # noqa: F811
+    proc = spawn(["-m", "wsgiplus", "--bind", "localhost:0", "--threads", "1"], tmp_path)
+    m = proc.wait_for(r"serving on http://(127\.0\.0\.1|\[::1\]):(\d+)$")[0]
+    host = m.group(1).strip("[]")
+    conn = http.client.HTTPConnection(host, int(m.group(2)), timeout=10)
+    conn.request("GET", "/")
+    assert conn.getresponse().status == 200
+    conn.close()
+    proc.send(signal.SIGTERM)
+    assert proc.wait(30) == 0
 
 
 BROKEN_APP = '''
@@ -327,3 +324,15 @@ def test_fields_added_to_config_get_flags_without_editing_the_cli(monkeypatch: p
     assert config.trusted_headers == ["a", "b", "c"]
     with pytest.raises(SystemExit):
         parser.parse_args(["--http2-max-streams", "many"])
+
+
+@pytest.mark.parametrize("attempt", range(5))
+def test_many_workers_failing_together_print_the_error_exactly_once(tmp_path: Path, attempt: int) -> None:
+    """Eight workers fail at once and are stopped mid-way: one error block, no stray tracebacks
+    (a worker stopped while exiting once fell back into the supervisor's code)."""
+    (tmp_path / "broken.py").write_text(BROKEN_APP)
+    result = run_cli(["broken:app", "--bind", "127.0.0.1:0", "--workers", "8"], tmp_path)
+    assert result.returncode == 3
+    assert result.stderr.count("Traceback") == 1, result.stderr
+    assert result.stderr.count("RuntimeError: no config for you") == 1
+    assert "Bad file descriptor" not in result.stderr and "SystemExit" not in result.stderr

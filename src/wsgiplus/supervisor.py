@@ -144,8 +144,19 @@ def run_worker(config: Config, sockets: list[socket.socket] | None, status_fd: i
     except Exception as exc:  # the app's import error, whatever it is
         text = app_error_text(config, exc)
         if not config.reload:
-            if may_report is None or may_report():
-                log.error("%s", text)
+            # the supervisor stops the other workers (SIGQUIT) once one exits: not between
+            # taking the turn to print and printing, or nobody prints
+            masked = hasattr(signal, "pthread_sigmask")
+            if masked:
+                old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGQUIT, signal.SIGTERM})
+            try:
+                if may_report is None or may_report():
+                    log.error("%s", text)
+                    for handler in logging.getLogger("wsgiplus").handlers:
+                        handler.flush()
+            finally:
+                if masked:
+                    signal.pthread_sigmask(signal.SIG_SETMASK, old)
             return BOOT_ERROR
         log.error("%s\n(serving this error until a file changes)", text)
         filename = getattr(exc, "filename", None)
@@ -389,11 +400,15 @@ class Supervisor:
         except BaseException:
             log.exception("worker %d crashed", os.getpid())
             status = 1
-        finally:
-            logging.shutdown()
-            sys.stdout.flush()
-            sys.stderr.flush()
-            os._exit(status)
+        finally:  # a forked child must never return into the supervisor's code, whatever happens
+            try:
+                for sig in (signal.SIGQUIT, signal.SIGTERM):
+                    signal.signal(sig, signal.SIG_IGN)  # a late stop signal must not raise here
+                logging.shutdown()
+                sys.stdout.flush()
+                sys.stderr.flush()
+            finally:
+                os._exit(status)
 
     def stop_worker(self, worker: WorkerProcess, sig: int = signal.SIGTERM) -> None:
         if not worker.stopping:
