@@ -474,6 +474,7 @@ class Server:
         self._spare_parsers: list[RequestParser] = []
         self._warned: set[tuple[int, float]] = set()
         self._uvloop = False
+        self.hurry = False  # stop_now() was called: no graceful wait
 
     @property
     def addresses(self) -> list[str]:
@@ -587,6 +588,15 @@ class Server:
             return
         self.loop.call_soon_threadsafe(self._stopping.set)
 
+    def stop_now(self) -> None:
+        """Stop without waiting: cut every connection (a second Ctrl-C). Loop thread only."""
+        self.hurry = True
+        if self._stopping is not None:
+            self._stopping.set()
+        for conn in list(self.connections):
+            if conn.transport is not None:
+                conn.transport.abort()
+
     async def wait_stopped(self) -> None:
         assert self._stopping is not None
         await self._stopping.wait()
@@ -596,6 +606,8 @@ class Server:
         timeout = self.config.graceful_timeout if timeout is None else timeout
         self.stopping = True
         queued = self._take_accept_queue()
+        if self.hurry:
+            timeout = 0.0
         for srv in self._servers:
             srv.close()
         for conn in list(self.connections):
@@ -680,9 +692,15 @@ class Server:
     def _install_signals(self) -> None:
         if sys.platform == "win32":
             return
+        def on_signal() -> None:  # the first: graceful; a second one: stop now
+            if self._stopping is not None and self._stopping.is_set():
+                self.stop_now()
+            else:
+                self.request_stop()
+
         for sig in (signal.SIGTERM, signal.SIGINT):
             try:
-                self.loop.add_signal_handler(sig, self.request_stop)
+                self.loop.add_signal_handler(sig, on_signal)
             except (RuntimeError, ValueError):  # not the main thread
                 return
 
