@@ -6,6 +6,7 @@ Names follow gunicorn and uvicorn where they mean the same thing.
 from __future__ import annotations
 
 import dataclasses
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -45,6 +46,7 @@ class Config:
     body_min_rate: int | None = 500  # bytes per second, averaged
     request_timeout: float | None = None  # whole request, suspensions included
     graceful_timeout: float = 30.0
+    drain_grace: float = 1.0  # graceful stop: idle keep-alive connections stay open this long
     # flow control
     write_buffer_high: int = 256 * 1024
     write_buffer_low: int = 64 * 1024
@@ -67,6 +69,19 @@ class Config:
     max_requests_jitter: int = 0
     reload: bool = False  # development: restart the worker when a .py file changes
     reload_dirs: list[str] = field(default_factory=list)  # watched for --reload (default: cwd)
+    # metrics and health
+    metrics_bind: str | None = None  # HOST:PORT or unix:PATH for /metrics, /healthz, /readyz
+    statsd_host: str | None = None  # HOST:PORT or unix:PATH: gunicorn's statsd metric names
+    statsd_prefix: str = ""
+    reload_include: list[str] = field(default_factory=list)  # glob patterns watched besides *.py
+    reload_exclude: list[str] = field(default_factory=list)  # glob patterns never watched
+    preload: bool = False  # import the app in the supervisor, before forking the workers
+    # the process
+    chdir: str | None = None  # change to this directory before loading the app
+    pythonpath: list[str] = field(default_factory=list)  # directories put first on sys.path
+    pidfile: str | None = None  # write the server's pid here (removed on exit)
+    env: list[str] = field(default_factory=list)  # KEY=VALUE set in the environment
+    env_file: str | None = None  # a .env file (variables already set win)
     # logging
     log_level: str = "info"
     access_log: bool = True
@@ -74,6 +89,7 @@ class Config:
     access_logfile: str | None = None  # "-" or None: stdout
     error_logfile: str | None = None  # None: stderr
     log_json: bool = False
+    log_config: str | None = None  # a logging config file (dictConfig .json/.toml, or ini)
 
     @property
     def limits(self) -> Limits:
@@ -99,7 +115,8 @@ class Config:
         for name in ("max_requests", "max_requests_jitter", "backlog"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must not be negative")
-        for name in ("keepalive_timeout", "header_timeout", "body_timeout", "graceful_timeout"):
+        for name in ("keepalive_timeout", "header_timeout", "body_timeout", "graceful_timeout",
+                     "drain_grace"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must not be negative")
         if self.loop not in ("auto", "asyncio", "uvloop"):
@@ -115,7 +132,31 @@ class Config:
                 raise ValueError(f"{name} must not be negative")
         if self.keyfile and not self.certfile:
             raise ValueError("keyfile given without certfile")
+        for entry in self.env:
+            if "=" not in entry or not entry.split("=", 1)[0]:
+                raise ValueError(f"env {entry!r}: want KEY=VALUE")
+        if self.preload and self.reload:
+            raise ValueError("preload and reload do not go together: the supervisor would keep "
+                             "the code it imported; drop preload while developing")
+        if self.chdir and not os.path.isdir(self.chdir):
+            raise ValueError(f"chdir {self.chdir}: no such directory")
+        if self.env_file and not os.path.isfile(self.env_file):
+            raise ValueError(f"env_file {self.env_file}: no such file")
+        from .listeners import parse_bind
+
+        for bind in self.bind:
+            parse_bind(bind)  # BindError (a ValueError) names the bind and the problem
         TrustedPeers(self.forwarded_allow_ips)
+        if self.metrics_bind:
+            import importlib.util
+
+            parse_bind(self.metrics_bind)
+            if importlib.util.find_spec("prometheus_client") is None:
+                raise ValueError("metrics_bind needs prometheus_client: pip install 'wsgiplus[metrics]'")
+        if self.statsd_host and not self.statsd_host.startswith("unix:"):
+            host, sep, port = self.statsd_host.rpartition(":")
+            if not sep or not port.isdigit():
+                raise ValueError(f"statsd_host must be HOST:PORT or unix:PATH, not {self.statsd_host!r}")
         resolve_format(self.access_log_format)
         return self
 
