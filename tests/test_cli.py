@@ -303,7 +303,7 @@ def test_fields_added_to_config_get_flags_without_editing_the_cli(monkeypatch: p
     import wsgiplus.configfile as configfile
 
     extended = dataclasses.make_dataclass("Extended", [
-        ("metrics_bind", "str | None", dataclasses.field(default=None, metadata={"help": "where metrics go"})),
+        ("telemetry_bind", "str | None", dataclasses.field(default=None, metadata={"help": "where metrics go"})),
         ("http2_max_streams", "int", dataclasses.field(default=100)),
         ("shiny", "bool", dataclasses.field(default=False)),
         ("trusted_headers", "list[str]", dataclasses.field(default_factory=list)),
@@ -318,9 +318,9 @@ def test_fields_added_to_config_get_flags_without_editing_the_cli(monkeypatch: p
     parser = cli.build_parser()
     assert "where metrics go (default: off)" in parser.format_help()
     config = cli.config_from_args(parser.parse_args(
-        ["--metrics-bind", "127.0.0.1:9100", "--http2-max-streams", "5", "--shiny",
+        ["--telemetry-bind", "127.0.0.1:9100", "--http2-max-streams", "5", "--shiny",
          "--trusted-headers", "a,b", "--trusted-headers", "c"]), {})
-    assert (config.metrics_bind, config.http2_max_streams, config.shiny) == ("127.0.0.1:9100", 5, True)
+    assert (config.telemetry_bind, config.http2_max_streams, config.shiny) == ("127.0.0.1:9100", 5, True)
     assert config.trusted_headers == ["a", "b", "c"]
     with pytest.raises(SystemExit):
         parser.parse_args(["--http2-max-streams", "many"])
