@@ -1,9 +1,11 @@
 """The asyncio side: connections, keep-alive, pipelining, timeouts, flow control, shutdown.
 
-One event loop owns every socket. A connection feeds received bytes to the
-sans-I/O parser, buffers request bodies (so a slow uploader never pins a
-thread), answers requests strictly in order, and hands each complete request
-to a ``Runner``, which drives the app on the thread pool.
+One event loop owns every socket. ``HTTPConnection`` (a ``connection.Connection``)
+feeds received bytes to the sans-I/O parser, buffers request bodies (so a slow
+uploader never pins a thread), answers requests strictly in order, and hands
+each complete request to a ``Runner`` through its ``Exchange`` - the HTTP/1.1
+``streams.Stream``, which frames the response, writes error pages and decides
+keep-alive. ``Server`` holds connections of any protocol.
 """
 
 from __future__ import annotations
@@ -18,10 +20,12 @@ import sys
 import time
 import traceback
 from collections.abc import Callable, Iterable
+from threading import Lock
 from typing import Any
 
 from . import fdlimit
 from .config import Config
+from .connection import Connection
 from .listeners import bind_socket, describe, socket_from_fd, unix_socket_file, unlink_unix_socket
 from .pool import ThreadPool
 from .protocol import (
@@ -31,32 +35,149 @@ from .protocol import (
     ProtocolError,
     Request,
     RequestParser,
+    ResponseFramer,
+    build_response,
+    error_page,
     error_response,
 )
 from .runner import Runner, Suspensions
-from .wsgi import BodyBuffer, body_time_left, build_environ, environ_template
+from .streams import NO_ENVIRON, ExchangeRecord, ResponseHead, Stream
+from .wsgi import BodyBuffer, body_time_left, early_hints_head, environ_template
 
 log = logging.getLogger("wsgiplus.error")
 
-__all__ = ["HTTPConnection", "Server", "new_event_loop"]
+__all__ = ["Connection", "Exchange", "HTTPConnection", "Server", "new_event_loop"]
 
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 
 
-class Exchange:
-    """One request on a connection, from its head to the end of its response."""
+class Exchange(Stream):
+    """One HTTP/1.1 request on a connection, from its head to the end of its response.
 
-    __slots__ = ("request", "body", "complete", "runner")
+    It is the runner's ``Stream``: HTTP/1.1 framing (``build_response``,
+    ``ResponseFramer``) runs in ``start`` / ``data`` / ``end`` on the app's
+    pool thread (it needs no shared state); the framed bytes go through the
+    outbox to the transport on the loop. Error pages, keep-alive and the
+    access record are decided here and in the connection, never in the runner.
+    """
 
-    def __init__(self, request: Request, spool: int, budget: MemoryBudget | None = None) -> None:
-        self.request = request
+    __slots__ = (
+        "conn",
+        "request",
+        "body",
+        "received",
+        "runner",
+        "method",
+        "http_version",
+        "keep_alive",
+        "server_header",
+        "framer",
+        "_head",
+    )
+
+    def __init__(self, conn: HTTPConnection, request: Request, spool: int,
+                 budget: MemoryBudget | None = None) -> None:
+        # Stream.__init__, inlined (one per request): keep in step with streams.Stream
+        self.loop = conn.loop
+        self.record = ExchangeRecord(request.method, conn.remote)
+        self.consumer = None
+        self.paused = False
+        self.disconnected = False
+        self._lock = Lock()
+        self.outbox = None
+        self._out_size = 0
+        self.flush_posted = False
+        self.conn = conn
+        self.request: Request | None = request
         self.body = BodyBuffer(spool, budget) if request.has_body else None
-        self.complete = False
+        self.received = False  # the whole request (body included) has arrived
         self.runner: Runner | None = None
+        self.method = request.method
+        self.http_version = request.http_version
+        self.keep_alive = False  # set when the response starts (_start)
+        self.server_header = conn.server.server_header
+        self.framer: ResponseFramer | None = None
+        self._head: bytes | None = None  # the serialised head, sent with the first bytes
+
+    # -- pool thread (the runner's step) ----------------------------------------
+
+    def start(self, head: ResponseHead, known_length: int | None) -> bool:
+        if known_length == 0 and self.method == "HEAD":
+            known_length = None  # HEAD of an empty body: say nothing rather than guess
+        lines, self.framer = build_response(
+            self.method, self.http_version, self.keep_alive, head, None, self.server_header, known_length
+        )
+        record = self.record
+        record.status = head.status_code
+        record.response_headers = head.headers
+        self._head = lines
+        return True
+
+    def data(self, data: bytes) -> bool:
+        framed = self.framer.body(data)  # type: ignore[union-attr]
+        head = self._head
+        if head is not None:
+            self._head = None
+            framed = head + framed
+        if framed:
+            return self._push(framed, len(framed))
+        return not self.paused
+
+    def end(self) -> None:
+        framer = self.framer
+        tail = framer.end()  # type: ignore[union-attr]
+        head = self._head
+        if head is not None:
+            self._head = None
+            tail = head + tail
+        if tail:
+            self._push(tail, len(tail))
+        mismatch = framer.length_mismatch()  # type: ignore[union-attr]
+        if mismatch:
+            log.warning("response body of %s %s was %s", self.method, self.record.path, mismatch)
+
+    def informational(self, status: int, headers: list[tuple[str, str]]) -> None:
+        if status == 103 and self.http_version == "1.1":  # 1.0 clients do not expect 1xx
+            head = early_hints_head(headers)
+            self._push(head, len(head))
+            self.request_flush()
+
+    # -- loop thread ----------------------------------------------------------------
+
+    def deliver(self, items: list[Any]) -> None:
+        conn = self.conn
+        if not conn.disconnected:
+            data = items[0] if len(items) == 1 else b"".join(items)
+            conn.server.bytes_out += len(data)
+            conn.transport.write(data)  # type: ignore[union-attr]
+
+    def complete(self) -> None:
+        framer = self.framer
+        if framer is not None:
+            self.record.bytes_sent = framer.sent
+        self.conn._exchange_done(self, framer.keep_alive if framer is not None else False, False)
+
+    def error(self, status: int, reason: str = "") -> None:
+        page, size = error_page(status, reason, False, self.conn.server.server_header)
+        record = self.record
+        record.status = status
+        record.response_headers = []
+        if not self.disconnected:
+            self.conn.write(page)
+            record.bytes_sent = size
+        self.conn._exchange_done(self, False, False)
+
+    def abort(self, reason: str) -> None:
+        framer = self.framer
+        if framer is not None:
+            self.record.bytes_sent = framer.sent
+        self.conn._exchange_done(self, False, True)
 
 
-class HTTPConnection(asyncio.Protocol):
+class HTTPConnection(Connection, asyncio.Protocol):
     """HTTP/1.1 on one transport. Every method runs on the loop thread."""
+
+    protocol_name = "HTTP/1.1"
 
     __slots__ = (
         "server",
@@ -124,12 +245,10 @@ class HTTPConnection(asyncio.Protocol):
             except OSError:
                 pass
         server = self.server
-        server.connections.add(self)
+        allowed = server.connection_made(self)
         if server.stopping:  # taken from the accept queue as the server stops
             self.draining = True
-        limit = config.max_connections
-        if limit is not None and len(server.connections) > limit:
-            log.warning("%d connections open (max_connections): answering 503", limit)
+        if not allowed:
             self._send_error(ProtocolError(503, "too many connections"))
             return
         self._set_timer(config.header_timeout, self._on_header_timeout)
@@ -171,20 +290,25 @@ class HTTPConnection(asyncio.Protocol):
         self._cancel_timer()
         if self.parser is not None:
             self.parser.close()  # a partial head: return its bytes to the budget
-        self.server.connections.discard(self)
-        for ex in self.queue:
-            if ex.runner is not None:
-                ex.runner.on_disconnect()
-        self.queue.clear()
-        self.server.connection_closed(self)
+        queue = self.queue
+        self.queue = []
+        for ex in queue:
+            ex.disconnect()  # the runner, if started, stops the app
+        self.server.connection_lost(self)
 
     def pause_writing(self) -> None:
         self.write_paused = True
+        if self.queue:
+            self.queue[0].pause()
 
     def resume_writing(self) -> None:
         self.write_paused = False
-        if self.queue and self.queue[0].runner is not None:
-            self.queue[0].runner.on_drain()
+        if self.queue:
+            self.queue[0].resume()
+
+    @property
+    def busy(self) -> bool:
+        return bool(self.queue)
 
     # -- requests -------------------------------------------------------------
 
@@ -194,7 +318,7 @@ class HTTPConnection(asyncio.Protocol):
             if kind is Data:
                 self.receiving.body.write(event.data)  # type: ignore[union-attr]
             elif kind is Request:
-                ex = Exchange(event, self.config.body_spool_size, self.server.budget)
+                ex = Exchange(self, event, self.config.body_spool_size, self.server.budget)
                 self.receiving = ex
                 self.queue.append(ex)
                 if len(self.queue) == 1:
@@ -208,61 +332,59 @@ class HTTPConnection(asyncio.Protocol):
             elif kind is EndOfMessage:
                 ex = self.receiving  # type: ignore[assignment]
                 self.receiving = None
-                ex.complete = True
+                ex.received = True
                 if ex is self.queue[0]:
                     self._cancel_timer()
                     self._start(ex)
 
     def _begin(self, ex: Exchange) -> None:
         """``ex`` is next to be answered: ask for its body if the client waits to be asked."""
-        if ex.request.expect_continue and not ex.complete:
+        if ex.request.expect_continue and not ex.received:  # type: ignore[union-attr]
             self.transport.write(_CONTINUE)  # type: ignore[union-attr]
 
     def _start(self, ex: Exchange) -> None:
         request = ex.request
-        keep_alive = (
+        assert request is not None
+        ex.keep_alive = (
             request.keep_alive
             and not self.draining
             and request.upgrade is None
             and self.config.keepalive_timeout != 0  # 0: no keep-alive, as in gunicorn
         )
-        environ = build_environ(
-            self.template, request, ex.body.stream() if ex.body is not None else None, self.remote
-        )
-        environ["wsgiplus.client_disconnected"] = self.is_disconnected
-        server = self.server
-        if server.proxy_fixer is not None:
-            server.proxy_fixer(environ)
-        runner = Runner(
-            server.app,
-            environ,
-            self,
-            self.loop,
-            server.pool,
-            self._on_response_done,
+        if self.write_paused:
+            ex.pause()
+        ex.runner = self.run_exchange(
+            ex,
+            self.template,
             method=request.method,
+            target=request.target,
+            path=request.path,
+            query=request.query,
+            headers=request.headers,
             http_version=request.http_version,
-            keep_alive=keep_alive,
-            server_header=server.server_header,
-            timeout=self.config.request_timeout,
-            suspensions=server.suspensions,
+            body=ex.body.stream() if ex.body is not None else None,
+            chunked=request.chunked,
+            trailers=request.trailers,
         )
-        ex.runner = runner
         ex.request = None  # the environ has it all now; a suspended request keeps less
-        server.active += 1
-        runner.start()
 
     def is_disconnected(self) -> bool:
-        """``environ['wsgiplus.client_disconnected']``: lets long work stop early."""
+        """True once the client has gone."""
         return self.disconnected
 
-    def _on_response_done(self, runner: Runner, keep_alive: bool, abort: bool) -> None:
-        self.server.active -= 1
+    def _exchange_done(self, ex: Exchange, keep_alive: bool, abort: bool) -> None:
+        """``ex``'s response is complete (or cut short, ``abort``): log it, go on or close."""
+        server = self.server
+        server.active -= 1
         self.requests += 1
-        self.server.access(self, runner)
+        ex.runner = None
+        record = ex.record
+        record.ended_at = time.monotonic()
+        server.access(self, record)
+        record.environ = NO_ENVIRON  # environ -> stream -> record -> environ: no cycle for the GC
         if self.disconnected:
             return
-        if self.queue and self.queue[0].runner is runner:
+        if self.queue and self.queue[0] is ex:
             del self.queue[0]
         if abort or not keep_alive or self.closing:
             self.close()
@@ -270,7 +392,7 @@ class HTTPConnection(asyncio.Protocol):
         if self.queue:
             ex = self.queue[0]
             self._begin(ex)
-            if ex.complete:
+            if ex.received:
                 self._start(ex)
             elif ex.body is not None:
                 ex.body.restart_clock()  # its turn: the wait behind the others is not its fault
@@ -290,7 +412,7 @@ class HTTPConnection(asyncio.Protocol):
     def _protocol_error(self, exc: ProtocolError) -> None:
         log.info("bad request from %s: %d %s", self.remote and self.remote[0], exc.status, exc.reason)
         ex = self.receiving
-        if ex is not None and not ex.complete:
+        if ex is not None and not ex.received:
             self.queue.remove(ex)  # half a request is never given to the app
             self.receiving = None
         if self.queue:
@@ -305,7 +427,7 @@ class HTTPConnection(asyncio.Protocol):
         self.pending_error = exc
         if self.server.metrics is not None:
             self.server.metrics.rejected(exc.status)
-        self.transport.write(error_response(exc.status, exc.reason))  # type: ignore[union-attr]
+        self.transport.write(error_response(exc.status, exc.reason, False, self.server.server_header))  # type: ignore[union-attr]
         self.close()
 
     def write(self, data: bytes) -> None:
@@ -333,8 +455,8 @@ class HTTPConnection(asyncio.Protocol):
         """
         self.draining = True
         for ex in self.queue:  # a head not sent yet says Connection: close
-            if ex.runner is not None and ex.runner.framer is None:
-                ex.runner.keep_alive = False
+            if ex.framer is None:
+                ex.keep_alive = False  # a step framing the head now reads either value: both are fine
         between_requests = self.requests > 0 and (self.parser is None or self.parser.idle)
         if not self.queue and between_requests:
             self._drain_idle()
@@ -390,7 +512,7 @@ class HTTPConnection(asyncio.Protocol):
 
     def _on_body_timeout(self) -> None:
         ex = self.receiving
-        if ex is not None and not ex.complete and ex.runner is None:
+        if ex is not None and not ex.received and ex.runner is None:
             log.info("request body timeout from %s", self.remote and self.remote[0])
             self.queue.remove(ex)
             self.receiving = None
@@ -417,7 +539,7 @@ def _proxy_fixer(config: Config) -> Callable[[dict[str, Any]], None] | None:
     return make_proxy_fixer(config)
 
 
-def _access_logger(config: Config) -> Callable[[Runner, HTTPConnection], None] | None:
+def _access_logger(config: Config) -> Callable[[ExchangeRecord, Connection], None] | None:
     from .accesslog import AccessLogger
 
     logger = AccessLogger.from_config(config)
@@ -452,7 +574,7 @@ class Server:
         self.server_header = b"wsgiplus" if self.config.server_header else None
         self.loop: asyncio.AbstractEventLoop = None  # type: ignore[assignment]
         self.pool: ThreadPool = None  # type: ignore[assignment]
-        self.connections: set[HTTPConnection] = set()
+        self.connections: set[Connection] = set()  # every protocol's
         self.active = 0  # requests handed to the app and not finished
         self.sockets: list[socket.socket] = []
         self._servers: list[asyncio.AbstractServer] = []
@@ -540,12 +662,28 @@ class Server:
         if parser.reusable and len(self._spare_parsers) < 256:
             self._spare_parsers.append(parser)
 
-    def access(self, conn: HTTPConnection, runner: Runner) -> None:
-        """Called once per finished request: the access log line, the metrics."""
+    def connection_made(self, conn: Connection) -> bool:
+        """A connection opened (any protocol); False when ``max_connections`` is exceeded
+        (it is still counted until it closes, and refuses in its own protocol's way)."""
+        connections = self.connections
+        connections.add(conn)
+        limit = self.config.max_connections
+        if limit is not None and len(connections) > limit:
+            log.warning("%d connections open (max_connections): refusing one", limit)
+            return False
+        return True
+
+    def connection_lost(self, conn: Connection) -> None:
+        """A connection closed (any protocol)."""
+        self.connections.discard(conn)
+        self.connection_closed(conn)
+
+    def access(self, conn: Connection, record: ExchangeRecord) -> None:
+        """Called once per finished exchange, on the loop: the access log line, the metrics."""
         if self.access_log is not None:
-            self.access_log(runner, conn)
+            self.access_log(record, conn)
         if self.metrics is not None:
-            self.metrics.observe(runner)
+            self.metrics.observe(record)
 
     def _sweep(self) -> None:
         """Fire due connection timeouts (keep-alive, head, body): one timer for all."""
@@ -578,7 +716,7 @@ class Server:
             self._warned.clear()
         self._watchdog = self.loop.call_later(min(1.0, threshold / 2), self._watch_pool)
 
-    def connection_closed(self, conn: HTTPConnection) -> None:
+    def connection_closed(self, conn: Connection) -> None:
         if self._idle_waiter is not None and not self.connections and not self._idle_waiter.done():
             self._idle_waiter.set_result(None)
 
@@ -594,8 +732,7 @@ class Server:
         if self._stopping is not None:
             self._stopping.set()
         for conn in list(self.connections):
-            if conn.transport is not None:
-                conn.transport.abort()
+            conn.abort()
 
     async def wait_stopped(self) -> None:
         assert self._stopping is not None
@@ -621,8 +758,7 @@ class Server:
             except asyncio.TimeoutError:
                 log.warning("graceful timeout: aborting %d connection(s)", len(self.connections))
                 for conn in list(self.connections):
-                    if conn.transport is not None:
-                        conn.transport.abort()
+                    conn.abort()
                 await asyncio.sleep(0)
         for handle in (self._watchdog, self._sweeper):
             if handle is not None:
