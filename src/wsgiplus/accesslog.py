@@ -13,11 +13,13 @@ import binascii
 import json
 import logging
 import os
+import re
+import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
-__all__ = ["AccessLogger", "Atoms", "FORMATS", "resolve_format"]
+__all__ = ["AccessLogger", "Atoms", "FORMATS", "compile_format", "resolve_format"]
 
 COMMON = '%(h)s %(l)s %(u)s %(t)s "%(r)s" %(s)s %(b)s'
 COMBINED = COMMON + ' "%(f)s" "%(a)s"'
@@ -199,18 +201,126 @@ def basic_auth_user(environ: Mapping[str, Any]) -> str | None:
     return decoded.split(":", 1)[0] or None
 
 
+def _duration(record: Any) -> float:
+    end = record.ended_at
+    if end is None:
+        end = time.monotonic()
+    return max(0.0, end - record.started_at)
+
+
+# The atoms a text format is compiled to: each takes (record, environ) and
+# returns the value, or None / "" for "-". The same meaning as ``_ATOMS``.
+_FAST: dict[str, Callable[[Any, dict[str, Any]], Any]] = {
+    "h": lambda r, e: e.get("REMOTE_ADDR"),
+    "l": lambda r, e: "-",
+    "u": lambda r, e: (basic_auth_user(e) if "HTTP_AUTHORIZATION" in e else None) or e.get("REMOTE_USER"),
+    "t": lambda r, e: _clf_time(),
+    "r": lambda r, e: f"{r.method} {r.target} {r.protocol}",
+    "s": lambda r, e: str(r.status) if r.status is not None else None,
+    "m": lambda r, e: r.method or "-",
+    "U": lambda r, e: e.get("PATH_INFO"),
+    "q": lambda r, e: e.get("QUERY_STRING"),
+    "H": lambda r, e: r.protocol,
+    "b": lambda r, e: str(r.bytes_sent),
+    "B": lambda r, e: r.bytes_sent,
+    "f": lambda r, e: e.get("HTTP_REFERER"),
+    "a": lambda r, e: e.get("HTTP_USER_AGENT"),
+    "T": lambda r, e: int(_duration(r)),
+    "D": lambda r, e: int(_duration(r) * 1_000_000),
+    "M": lambda r, e: int(_duration(r) * 1000),
+    "L": lambda r, e: f"{_duration(r):.6f}",
+    "p": lambda r, e: f"<{os.getpid()}>",
+}
+
+_ATOM_RE = re.compile(r"%%|%\(([^)]*)\)")
+
+
+def compile_format(fmt: str) -> Callable[[Any], str]:
+    """A function ``record -> line`` for a (checked) gunicorn-style format.
+
+    The named atoms become positional ones, so a line is one tuple and one
+    ``%``; each atom costs one small call. Atoms it does not know (``{x}i``,
+    ``{x}o``, ``{x}e``, unknown names) go through ``Atoms``, same meaning.
+    """
+    keys: list[str] = []
+
+    def positional(m: re.Match[str]) -> str:
+        if m.group(1) is None:
+            return "%%"
+        keys.append(m.group(1))
+        return "%"
+
+    template = _ATOM_RE.sub(positional, fmt)
+    getters = []
+    for key in keys:
+        fast = _FAST.get(key)
+        if fast is None:
+            def fast(r: Any, e: dict[str, Any], key: str = key) -> Any:
+                return Atoms(r)[key]
+        getters.append(fast)
+
+    def line(record: Any) -> str:
+        env = record.environ
+        values = []
+        for get in getters:
+            try:
+                v = get(record, env)
+            except Exception:  # a log line must never break a request
+                v = None
+            values.append("-" if v is None or v == "" else v)
+        return template % tuple(values)
+
+    return line
+
+
+class _Pending(logging.Handler):
+    """Holds an ``AccessLogger``'s batch; its ``flush`` writes it.
+
+    Never attached to a logger: being a ``logging.Handler`` puts it on the list
+    ``logging.shutdown()`` flushes (a worker's exit, the interpreter's atexit),
+    before the handlers made earlier (the access log's own), so no line is lost
+    however the process ends.
+    """
+
+    def __init__(self, owner: AccessLogger) -> None:
+        super().__init__()
+        self.owner = owner
+
+    def emit(self, record: logging.LogRecord) -> None:  # pragma: no cover - never attached
+        pass
+
+    def flush(self) -> None:
+        self.owner.flush()
+
+
 class AccessLogger:
     """Writes one line per finished request to the ``wsgiplus.access`` logger.
 
     Where the lines go (stdout, a file) is the logger's handlers' business;
     ``logconfig.setup_logging`` sets them from the config.
+
+    When the logger has only the handler ``setup_logging`` installed (the
+    default, the stdout and file targets), lines are batched: ``log`` formats
+    the line and appends it to a list, and the first line of a batch schedules
+    one ``flush`` with ``loop.call_soon``, so a loop iteration's lines go out in
+    one ``LogRecord`` and one write (WatchedFileHandler's reopen check
+    included), in order. A batch is also written when it reaches
+    ``BATCH_MAX`` lines, at ``Server.shutdown``, and by ``logging.shutdown()``.
+    Any other handler or filter on the logger (a user's ``log_config``, a
+    test's list) gets one record per line, at once, as before.
     """
+
+    BATCH_MAX = 256
 
     def __init__(self, fmt: str | None = None, json_lines: bool = False,
                  logger: logging.Logger | None = None) -> None:
         self.format = resolve_format(fmt)
         self.json = json_lines
         self.logger = logger or logging.getLogger("wsgiplus.access")
+        self._line = compile_format(self.format)
+        self._pending: list[str] = []
+        self._lock = threading.Lock()
+        self._flusher = _Pending(self)
 
     @classmethod
     def from_config(cls, config: Any) -> AccessLogger | None:
@@ -220,16 +330,55 @@ class AccessLogger:
         return cls(config.access_log_format, bool(getattr(config, "log_json", False)))
 
     def line(self, record: Any) -> str:
-        atoms = Atoms(record)
         if self.json:
-            return json.dumps(atoms.as_json(), separators=(",", ":"))
-        return self.format % atoms
+            return json.dumps(Atoms(record).as_json(), separators=(",", ":"))
+        return self._line(record)
+
+    def _batchable(self) -> bool:
+        """Only ``setup_logging``'s own handler, no filters, no propagation."""
+        logger = self.logger
+        handlers = logger.handlers
+        return (len(handlers) == 1 and getattr(handlers[0], "_wsgiplus", False)
+                and not handlers[0].filters and not logger.filters and not logger.propagate)
 
     def log(self, record: Any, conn: Any = None) -> None:
         """One finished exchange (``record`` is a ``wsgiplus.streams.ExchangeRecord``)."""
-        if not self.logger.isEnabledFor(logging.INFO):
+        logger = self.logger
+        if not logger.isEnabledFor(logging.INFO):
             return
         try:
-            self.logger.info(self.line(record))
+            line = self.line(record)
+            loop = getattr(conn, "loop", None)
+            if loop is None or not self._batchable():
+                self.flush()  # keep the order with lines batched before
+                logger.info(line)
+                return
+            with self._lock:
+                pending = self._pending
+                pending.append(line)
+                n = len(pending)
+            if n == 1:
+                loop.call_soon(self.flush)
+            elif n >= self.BATCH_MAX:
+                self.flush()
         except Exception:
             logging.getLogger("wsgiplus.error").exception("access log failed")
+
+    def flush(self) -> None:
+        """Write the pending lines (one record, one write); any thread."""
+        with self._lock:
+            lines = self._pending
+            if not lines:
+                return
+            self._pending = []
+        logger = self.logger
+        try:
+            rec = logger.makeRecord(logger.name, logging.INFO, __file__, 0, "\n".join(lines), None, None)
+            logger.handle(rec)
+        except Exception:
+            logging.getLogger("wsgiplus.error").exception("access log failed")
+
+    def close(self) -> None:
+        """Write what is pending and leave ``logging.shutdown``'s list."""
+        self.flush()
+        self._flusher.close()

@@ -539,11 +539,10 @@ def _proxy_fixer(config: Config) -> Callable[[dict[str, Any]], None] | None:
     return make_proxy_fixer(config)
 
 
-def _access_logger(config: Config) -> Callable[[ExchangeRecord, Connection], None] | None:
+def _access_logger(config: Config) -> Any:
     from .accesslog import AccessLogger
 
-    logger = AccessLogger.from_config(config)
-    return logger.log if logger is not None else None
+    return AccessLogger.from_config(config)
 
 
 def new_event_loop(kind: str = "auto") -> asyncio.AbstractEventLoop:
@@ -589,7 +588,9 @@ class Server:
         self.started = False
         self.suspensions = Suspensions(self.config.max_suspended, self.config.suspend_timeout)
         self.proxy_fixer = _proxy_fixer(self.config)
-        self.access_log = _access_logger(self.config)
+        self.access_logger = _access_logger(self.config)  # an AccessLogger, or None
+        self.access_log: Callable[[ExchangeRecord, Connection], None] | None = (
+            self.access_logger.log if self.access_logger is not None else None)
         self._watchdog: asyncio.TimerHandle | None = None
         self._sweeper: asyncio.TimerHandle | None = None
         self._sweep_every = 1.0
@@ -685,6 +686,11 @@ class Server:
         if self.metrics is not None:
             self.metrics.observe(record)
 
+    def flush_access_log(self) -> None:
+        """Write the access lines batched so far (the logger batches per loop iteration)."""
+        if self.access_logger is not None:
+            self.access_logger.flush()
+
     def _sweep(self) -> None:
         """Fire due connection timeouts (keep-alive, head, body): one timer for all."""
         now = self.loop.time()
@@ -770,6 +776,7 @@ class Server:
                 pass
         # let iterables closed because of the abort finish their close() on the pool
         await self.loop.run_in_executor(None, self.pool.shutdown, 5.0)
+        self.flush_access_log()
         for path, identity in self._unix_paths:
             try:
                 unlink_unix_socket(path, identity)
@@ -846,5 +853,6 @@ class Server:
         try:
             loop.run_until_complete(self.serve())
         finally:
+            self.flush_access_log()
             loop.run_until_complete(loop.shutdown_asyncgens())
             loop.close()
