@@ -149,6 +149,8 @@ def build_parser() -> argparse.ArgumentParser:
     opt("--max-connections", field="max_connections", help="open connections per worker (0: no limit)")
     opt("--max-suspended", field="max_suspended",
         help="suspended requests per worker; beyond it 503 (0: no limit)")
+    opt("--sendfile", field="sendfile", action=argparse.BooleanOptionalAction,
+        help="send wsgi.file_wrapper files with os.sendfile on plain TCP (default on)")
     opt("--write-buffer-high", field="write_buffer_high", help="pause the app above this many unsent bytes")
     opt("--write-buffer-low", field="write_buffer_low", help="resume it below this")
 

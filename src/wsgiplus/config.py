@@ -82,6 +82,7 @@ class Config:
     pidfile: str | None = None  # write the server's pid here (removed on exit)
     env: list[str] = field(default_factory=list)  # KEY=VALUE set in the environment
     env_file: str | None = None  # a .env file (variables already set win)
+    sendfile: bool = True  # wsgi.file_wrapper over a regular file: os.sendfile on plain TCP
     # logging
     log_level: str = "info"
     access_log: bool = True

@@ -66,6 +66,7 @@ MAPPED: dict[str, tuple[str, Callable[[Any], Any]]] = {
     "raw_env": ("env", lambda v: [v] if isinstance(v, str) else list(v)),
     "preload_app": ("preload", _same),
     "root_path": ("root_path", _same),
+    "sendfile": ("sendfile", lambda v: v is not False),  # gunicorn: None (default) = on
 }
 
 # gunicorn's settings, for telling a setting WSGI+ ignores from a helper variable of the file
@@ -74,7 +75,7 @@ _FALLBACK = {
     "group", "initgroups", "logconfig_dict", "logconfig_json", "logger_class", "nworkers_changed",
     "on_exit", "on_reload", "on_starting", "paste", "post_fork", "post_request", "post_worker_init",
     "pre_exec", "pre_fork", "pre_request", "print_config", "proc_name", "proxy_allow_ips",
-    "proxy_protocol", "reload_engine", "reuse_port", "secure_scheme_headers", "sendfile", "spew",
+    "proxy_protocol", "reload_engine", "reuse_port", "secure_scheme_headers", "spew",
     "ssl_context", "ssl_version", "statsd_host", "statsd_prefix", "syslog", "syslog_addr", "timeout",
     "tmp_upload_dir", "umask", "user", "when_ready", "worker_abort", "worker_class", "worker_exit",
     "worker_int", "worker_tmp_dir", "ca_certs", "cert_reqs", "ciphers",

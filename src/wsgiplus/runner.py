@@ -25,6 +25,8 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import logging
+import os
+import stat
 import threading
 from collections.abc import Callable, Iterable
 from enum import IntEnum
@@ -32,7 +34,7 @@ from typing import Any
 
 from .pool import ThreadPool
 from .streams import NO_ENVIRON, OUTBOX_HIGH_WATER, ResponseHead, Stream
-from .wsgi import check_headers, check_status
+from .wsgi import FileWrapper, check_headers, check_status
 
 log = logging.getLogger("wsgiplus.error")
 
@@ -470,6 +472,9 @@ class Runner:
                 # so its chunks may go out together at the end of the step.
                 self._eager = eager = type(result) in (list, tuple)
                 self._single_chunk = eager and len(result) == 1
+                if type(result) is FileWrapper and stream.takes_files and self._offer_file(result):
+                    self._iterator = iter(())  # the next step (when the file is sent) ends the body
+                    return _DRAIN, None
                 it = self._iterator = iter(result)
             else:
                 eager = self._eager
@@ -512,6 +517,39 @@ class Runner:
             return self._app_error(exc)
         self._close_iterable()
         return _DONE, None
+
+    def _offer_file(self, wrapper: FileWrapper) -> bool:
+        """``wsgi.file_wrapper`` over a regular file: hand the file to the stream (zero-copy).
+
+        From the file's current offset to its end, bounded by the app's Content-Length
+        (a Content-Length longer than that, or anything not a regular file: False, and
+        the body is copied in blocks as for any iterable). The stream sends it on the
+        loop and resumes the runner (``on_writable``) when it is done; the iterable is
+        closed by the step that follows, as for any body.
+        """
+        head = self._app_head
+        if head is None:
+            return False  # the iteration raises what is wrong
+        f = wrapper.filelike
+        try:
+            fd = f.fileno()
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
+                return False
+            offset = f.tell()
+        except (AttributeError, OSError, ValueError):  # io.UnsupportedOperation is an OSError
+            return False
+        count = max(0, st.st_size - offset)
+        if head.content_length is not None:
+            if head.content_length > count:
+                return False  # the copy path frames the short body (and closes the connection)
+            count = head.content_length
+            known = None
+        else:
+            known = count
+        self._start_head(known)
+        self.stream.send_file(fd, offset, count)
+        return True
 
     def _start_response(
         self, status: str, headers: list[tuple[str, str]], exc_info: Any = None

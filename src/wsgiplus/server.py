@@ -50,6 +50,31 @@ __all__ = ["Connection", "Exchange", "HTTPConnection", "Server", "new_event_loop
 
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 
+_HAVE_SENDFILE = hasattr(os, "sendfile")
+
+# at most this much of one file is sent before other connections get the loop again
+_SENDFILE_ROUND = 4 * 1024 * 1024
+
+
+class _FileItem:
+    """A file body in an exchange's outbox: ``count`` bytes of ``fd`` from ``offset``."""
+
+    __slots__ = ("fd", "offset", "count")
+
+    def __init__(self, fd: int, offset: int, count: int) -> None:
+        self.fd, self.offset, self.count = fd, offset, count
+
+
+class _FileTransfer:
+    """A file being sent with ``os.sendfile`` (loop thread): duplicated descriptors, so the
+    app closing its file, or the transport closing its socket, never leaves a stale one."""
+
+    __slots__ = ("fd", "out", "offset", "count", "watching")
+
+    def __init__(self, fd: int, out: int, offset: int, count: int) -> None:
+        self.fd, self.out, self.offset, self.count = fd, out, offset, count
+        self.watching = False
+
 
 class Exchange(Stream):
     """One HTTP/1.1 request on a connection, from its head to the end of its response.
@@ -73,6 +98,7 @@ class Exchange(Stream):
         "server_header",
         "framer",
         "_head",
+        "_file",
     )
 
     def __init__(self, conn: HTTPConnection, request: Request, spool: int,
@@ -98,6 +124,7 @@ class Exchange(Stream):
         self.server_header = conn.server.server_header
         self.framer: ResponseFramer | None = None
         self._head: bytes | None = None  # the serialised head, sent with the first bytes
+        self._file: _FileTransfer | None = None  # a file body being sent (loop thread)
 
     # -- pool thread (the runner's step) ----------------------------------------
 
@@ -136,6 +163,27 @@ class Exchange(Stream):
         if mismatch:
             log.warning("response body of %s %s was %s", self.method, self.record.path, mismatch)
 
+    @property
+    def takes_files(self) -> bool:  # type: ignore[override]
+        return self.conn.can_sendfile
+
+    def send_file(self, fd: int, offset: int, count: int) -> None:
+        framer = self.framer
+        assert framer is not None
+        head = self._head
+        self._head = None
+        if framer.no_body:  # HEAD, 304: the head alone
+            if head:
+                self._push(head, len(head))
+            return
+        if framer.remaining is not None:
+            framer.remaining -= count
+        framer.sent += count
+        if head:
+            self._push(head, len(head))
+        if count:
+            self._push(_FileItem(fd, offset, count), 0)
+
     def informational(self, status: int, headers: list[tuple[str, str]]) -> None:
         if status == 103 and self.http_version == "1.1":  # 1.0 clients do not expect 1xx
             head = early_hints_head(headers)
@@ -147,9 +195,92 @@ class Exchange(Stream):
     def deliver(self, items: list[Any]) -> None:
         conn = self.conn
         if not conn.disconnected:
-            data = items[0] if len(items) == 1 else b"".join(items)
-            conn.server.bytes_out += len(data)
-            conn.transport.write(data)  # type: ignore[union-attr]
+            last = items[-1]
+            if type(last) is _FileItem:  # send_file: the head (if any), then the file
+                items = items[:-1]
+            data = (items[0] if len(items) == 1 else b"".join(items)) if items else b""
+            if data:
+                conn.server.bytes_out += len(data)
+                conn.transport.write(data)  # type: ignore[union-attr]
+            if type(last) is _FileItem:
+                self._begin_file(last)
+
+    # -- a file body (send_file), on the loop ------------------------------------------
+
+    def _begin_file(self, item: _FileItem) -> None:
+        transport = self.conn.transport
+        sock = transport.get_extra_info("socket")  # type: ignore[union-attr]
+        try:
+            fd = os.dup(item.fd)
+            try:
+                out = os.dup(sock.fileno())
+            except BaseException:
+                os.close(fd)
+                raise
+        except OSError as exc:
+            log.warning("sendfile: %s; closing the connection", exc)
+            transport.abort()  # type: ignore[union-attr]
+            return
+        self._file = _FileTransfer(fd, out, item.offset, item.count)
+        self.paused = True  # the runner waits (DRAINING) until the file is sent
+        self._send_file_part()
+
+    def _send_file_part(self) -> None:
+        t = self._file
+        if t is None:
+            return
+        conn = self.conn
+        transport = conn.transport
+        if not transport.get_write_buffer_size():  # type: ignore[union-attr]
+            budget = _SENDFILE_ROUND
+            while t.count > 0:
+                try:
+                    n = os.sendfile(t.out, t.fd, t.offset, min(t.count, budget))
+                except (BlockingIOError, InterruptedError):
+                    break
+                except OSError as exc:  # the peer reset the connection, or the file failed
+                    log.info("sendfile to %s failed: %s", self.conn.remote and self.conn.remote[0], exc)
+                    self._end_file()
+                    transport.abort()  # type: ignore[union-attr]
+                    return
+                if n == 0:  # the file is shorter than it was: the body cannot be completed
+                    log.warning("%s %s: the file shrank while it was sent; closing the connection",
+                                self.method, self.record.path)
+                    self._end_file()
+                    transport.abort()  # type: ignore[union-attr]
+                    return
+                t.offset += n
+                t.count -= n
+                conn.server.bytes_out += n
+                budget -= n
+                if budget <= 0:
+                    break
+            if t.count <= 0:
+                self._end_file()
+                if not conn.write_paused:
+                    Stream.resume(self)  # the runner's next step ends the body
+                return
+        if not t.watching:  # wait until the socket (or the transport's buffer) drains
+            t.watching = True
+            self.loop.add_writer(t.out, self._send_file_part)
+
+    def _end_file(self) -> None:
+        t = self._file
+        if t is None:
+            return
+        self._file = None
+        if t.watching:
+            self.loop.remove_writer(t.out)
+        os.close(t.out)
+        os.close(t.fd)
+
+    def resume(self) -> None:
+        if self._file is None:  # while a file is sent, the transfer resumes the runner
+            Stream.resume(self)
+
+    def disconnect(self) -> None:
+        self._end_file()
+        Stream.disconnect(self)
 
     def complete(self) -> None:
         framer = self.framer
@@ -168,6 +299,7 @@ class Exchange(Stream):
         self.conn._exchange_done(self, False, False)
 
     def abort(self, reason: str) -> None:
+        self._end_file()
         framer = self.framer
         if framer is not None:
             self.record.bytes_sent = framer.sent
@@ -200,6 +332,7 @@ class HTTPConnection(Connection, asyncio.Protocol):
         "_on_timeout",
         "_idle",
         "_timer_kind",
+        "can_sendfile",
     )
 
     def __init__(self, server: Server, template: dict[str, Any]) -> None:
@@ -228,6 +361,7 @@ class HTTPConnection(Connection, asyncio.Protocol):
         self._on_timeout: Callable[[], None] | None = None
         self._timer_kind = ""
         self._idle = True  # no request in the queue: the keep-alive timer may run
+        self.can_sendfile = False  # file bodies go out with os.sendfile (plain TCP / Unix, not TLS)
 
     # -- transport callbacks --------------------------------------------------
 
@@ -244,6 +378,13 @@ class HTTPConnection(Connection, asyncio.Protocol):
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             except OSError:
                 pass
+        self.can_sendfile = (
+            config.sendfile
+            and _HAVE_SENDFILE
+            and sock is not None
+            and sock.family in (socket.AF_INET, socket.AF_INET6, getattr(socket, "AF_UNIX", -1))
+            and transport.get_extra_info("sslcontext") is None
+        )
         server = self.server
         allowed = server.connection_made(self)
         if server.stopping:  # taken from the accept queue as the server stops

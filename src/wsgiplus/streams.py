@@ -236,6 +236,17 @@ class Stream:
         """The body is complete (the app's iterable is exhausted)."""
         raise NotImplementedError
 
+    # True when ``send_file`` may be called: the protocol can send a file from its
+    # descriptor (HTTP/1.1 on plain TCP or a Unix socket, not TLS, not HTTP/2)
+    takes_files = False
+
+    def send_file(self, fd: int, offset: int, count: int) -> None:
+        """The body is ``count`` bytes of the regular file ``fd`` from ``offset`` (pool thread;
+        only when ``takes_files``, after ``start``). The stream queues it in the outbox;
+        ``deliver`` sends it, and ``resume()`` is called when it is sent (until then the
+        stream is ``paused``). The file stays open until the runner's next step."""
+        raise NotImplementedError
+
     def informational(self, status: int, headers: list[tuple[str, str]]) -> None:
         """A 1xx before the head (``wsgi.early_hints``: 103), fields already checked.
         Pool thread. A protocol that cannot send it ignores it (the default)."""

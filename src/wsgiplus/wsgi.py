@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import io
 import logging
+import os
 import re
+import stat
 import sys
 import tempfile
 import time
@@ -214,8 +216,20 @@ def body_time_left(body: BodyBuffer, timeout: float, min_rate: float | None) -> 
     return max(0.001, min(timeout, total))
 
 
+# the block a regular file is copied in when it cannot be sent with sendfile (TLS,
+# HTTP/2, --no-sendfile): the outbox's high-water mark, whatever block the app asked for
+# (werkzeug asks for 8 KiB: one loop wake-up per 8 KiB was the cost)
+FILE_BLOCK = 256 * 1024
+
+
 class FileWrapper:
-    """``wsgi.file_wrapper``: iterate a file in blocks, close it when done."""
+    """``wsgi.file_wrapper``: iterate a file in blocks, close it when done.
+
+    Over a regular file on plain TCP the server sends it with ``os.sendfile``
+    (``Runner._offer_file``) and does not iterate; elsewhere a regular file is
+    read in blocks of at least ``FILE_BLOCK`` bytes, any other file-like in
+    ``blksize`` blocks (a pipe's reader must not wait for 256 KiB).
+    """
 
     def __init__(self, filelike: Any, blksize: int = 65536) -> None:
         self.filelike = filelike
@@ -226,6 +240,12 @@ class FileWrapper:
     def __iter__(self) -> Iterator[bytes]:
         read = self.filelike.read
         size = self.blksize
+        if size < FILE_BLOCK:
+            try:
+                if stat.S_ISREG(os.fstat(self.filelike.fileno()).st_mode):
+                    size = FILE_BLOCK
+            except (AttributeError, OSError, ValueError):
+                pass
         while True:
             data = read(size)
             if not data:
