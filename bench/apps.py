@@ -33,6 +33,24 @@ if os.environ.get("BENCH_SWITCH_INTERVAL"):  # GIL hand-off experiments (bench/p
     sys.setswitchinterval(float(os.environ["BENCH_SWITCH_INTERVAL"]))
 
 
+FILE = os.environ.get("BENCH_FILE", "")
+
+
+def download(environ: dict[str, Any], start_response: StartResponse) -> Any:
+    """A file as Flask's ``send_file`` serves it: ``wsgi.file_wrapper`` with 8 KiB blocks and
+    a Content-Length (BENCH_FILE)."""
+    f = open(FILE, "rb")  # noqa: SIM115 (the server closes it through the wrapper)
+    size = os.fstat(f.fileno()).st_size
+    start_response("200 OK", [("Content-Type", "application/octet-stream"), ("Content-Length", str(size))])
+    wrapper = environ.get("wsgi.file_wrapper")
+    if wrapper is None:
+        return iter(lambda: f.read(8192), b"")
+    return wrapper(f, 8192)
+
+
+download_plus = download
+
+
 def hello(environ: dict[str, Any], start_response: StartResponse) -> list[bytes]:
     start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", "13")])
     return [HELLO]

@@ -271,6 +271,22 @@ def write(results: dict[str, Any], out: Path) -> None:
         names = list(data)
         _bar(out / "slow.png", "slow clients: normal clients' requests/s with 200 byte-by-byte senders", "req/s",
              names, [_vals(data[n], "rps") for n in names], labels)
+    if "files" in sc:
+        d = sc["files"]["data"]
+        runs = d["runs"]
+        mb = d["bytes"] / (1 << 20)
+        lines += [f"## files: a {mb:g} MB file as Flask's send_file serves it (wsgi.file_wrapper), "
+                  "4 connections (wrk)", "", meta("files"), "",
+                  "Each server with and without sendfile; WSGI+ uses os.sendfile on plain TCP.", ""]
+        rows = []
+        for name, rr in runs.items():
+            rows.append([labels.get(name, name), span(rr, "mb_s"), _f(med(rr, "cpu_s_per_gb"), "{:.2f}"),
+                         _f(med(rr, "rss_kb"), "{:.1f}", 1 / 1024)])
+        lines += _table(["server", "MB/s median (min-max)", "server CPU s/GB", "peak RSS MB"], rows) + [""]
+        base, g = med(runs.get(BASELINE, []), "mb_s"), med(runs.get("gunicorn-gthread", []), "mb_s")
+        if base and g:
+            checks.append(f"| files: >= 0.8x gunicorn gthread's sendfile | {base:,.0f} vs {g:,.0f} MB/s "
+                          f"({base / g:.2f}x) | {'met' if base >= 0.8 * g else 'NOT met'} |")
     targets: list[str] = []
     if checks:
         targets = _table(["target", "measured (same run)", "status"], [c.strip("| ").split(" | ") for c in checks])

@@ -38,7 +38,7 @@ PY = sys.executable
 SERVER_CPU = "0"
 LOAD_CPU = "1"
 HZ = os.sysconf("SC_CLK_TCK")
-ALL_SCENARIOS = ["hello", "upstream", "idle", "stream", "sse", "slow"]
+ALL_SCENARIOS = ["hello", "upstream", "idle", "stream", "sse", "slow", "files"]
 
 
 # -- servers ---------------------------------------------------------------------
@@ -96,6 +96,22 @@ SERVERS = [
     ServerKind("granian-8", "granian wsgi 8 blocking threads", _granian("--blocking-threads", "8")),
 ]
 BASELINE = "wsgiplus"
+
+
+def _wsgiplus_with(*extra: str) -> Callable[[str, int], list[str]]:
+    def cmd(app: str, port: int) -> list[str]:
+        return _wsgiplus(app, port) + list(extra)
+    return cmd
+
+
+# the files scenario: each server with and without sendfile
+FILE_SERVERS = [
+    ServerKind("wsgiplus", "WSGI+ (8 threads)", _wsgiplus, plus=True),
+    ServerKind("wsgiplus-nosendfile", "WSGI+ --no-sendfile", _wsgiplus_with("--no-sendfile"), plus=True),
+    ServerKind("gunicorn-gthread", "gunicorn gthread 8", _gunicorn("-k", "gthread", "--threads", "8")),
+    ServerKind("gunicorn-gthread-nosendfile", "gunicorn gthread 8 --no-sendfile",
+               _gunicorn("-k", "gthread", "--threads", "8", "--no-sendfile")),
+]
 
 
 # -- /proc: CPU and memory of a server's process tree --------------------------------
@@ -563,6 +579,50 @@ http {{
             shutil.rmtree(tmp, ignore_errors=True)
         return out
 
+    def files(self) -> None:
+        """A 20 MB file as Flask's send_file serves it (wsgi.file_wrapper), 4 connections downloading it
+        over and over with wrk: MB/s and server CPU per GB, with and without sendfile."""
+        size = 20 << 20
+        tmp = Path(tempfile.mkdtemp(prefix="wsgiplus-bench-file-"))
+        path = tmp / "download.bin"
+        with open(path, "wb") as f:
+            block = os.urandom(1 << 20)
+            for _ in range(size >> 20):
+                f.write(block)
+        env = self.env(BENCH_FILE=str(path))
+        wanted = {k.name for k in self.servers}
+        kinds = [k for k in FILE_SERVERS if k.name in wanted or k.name.replace("-nosendfile", "") in wanted]
+        runs: dict[str, list[dict[str, Any]]] = {k.name: [] for k in kinds}
+        try:
+            for rep in range(self.reps):
+                for kind in kinds:
+                    started = self.start(kind, "download", env)
+                    if started is None:
+                        runs[kind.name].append({"error": "did not start"})
+                        continue
+                    srv, port = started
+                    try:
+                        self.wrk_path(port, "/", 4, 1)
+                        cpu0 = cpu_seconds(srv.pid)
+                        res = self.wrk_path(port, "/", 4, self.duration)
+                        res["cpu_s"] = cpu_seconds(srv.pid) - cpu0
+                        res["rss_kb"] = memory_kb(srv.pid)
+                    finally:
+                        srv.stop()
+                    if "rps" in res:
+                        res["mb_s"] = res["rps"] * size / 1e6
+                        gb = res["requests"] * size / (1 << 30)
+                        res["cpu_s_per_gb"] = res["cpu_s"] / max(gb, 1e-9)
+                        print(f"  [files {rep + 1}/{self.reps}] {kind.name:28s} {res['mb_s']:8.0f} MB/s "
+                              f"err {res['errors']} cpu {res['cpu_s_per_gb']:.2f} s/GB "
+                              f"rss {res['rss_kb'] / 1024:.1f} MB", flush=True)
+                    else:
+                        print(f"  [files] {kind.name}: {res}", flush=True)
+                    runs[kind.name].append(res)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        self.results["files"] = {"bytes": size, "runs": runs}
+
     def wrk_path(self, port: int, path: str, connections: int, duration: float) -> dict[str, Any]:
         res = run_load(["wrk", "-t1", f"-c{connections}", f"-d{duration}s", "-s",
                         str(ROOT / "bench" / "report.lua"), f"http://127.0.0.1:{port}{path}"], duration + 30)
@@ -674,7 +734,8 @@ def main(argv: list[str] | None = None) -> None:
         meta["wsgiplus_revision"] = revision
         previous["machine"] = machine()
         previous["versions"] = versions()
-        previous["labels"] = {s.name: s.label for s in SERVERS} | {"nginx": "nginx (reference)"}
+        previous["labels"] = ({s.name: s.label for s in SERVERS + FILE_SERVERS}
+                              | {"nginx": "nginx (reference)"})
         raw_path.write_text(json.dumps(previous, indent=1))
     from bench import report
 
