@@ -20,7 +20,6 @@ import signal
 import statistics
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 from bench.profile import _free_port, _ticks, _wait_port

@@ -155,3 +155,15 @@ def test_real_server_without_proxy_headers_ignores_them(serve) -> None:
     got = ask(server.port, HEADERS)
     assert got["REMOTE_ADDR"] == "127.0.0.1"
     assert got["wsgi.url_scheme"] == "http"
+
+
+def test_trusted_peers_remember_their_answers_and_stay_bounded() -> None:
+    from wsgiplus.proxy import TrustedPeers
+
+    peers = TrustedPeers("127.0.0.1,10.0.0.0/8")
+    for _ in range(2):  # the second round is answered from the cache: the same answers
+        assert "127.0.0.1" in peers and "10.1.2.3" in peers and "::ffff:10.0.0.1" in peers
+        assert "192.168.0.1" not in peers and "not-an-ip" not in peers
+    for i in range(5000):
+        assert f"172.16.{i // 256}.{i % 256}" not in peers
+    assert len(peers._seen) <= 4096

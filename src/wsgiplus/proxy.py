@@ -37,6 +37,8 @@ class TrustedPeers:
         if isinstance(allowed, str):
             allowed = allowed.split(",")
         self.everyone = False
+        # peer string -> trusted? (parsing an address costs ~10 us; the same peers come back)
+        self._seen: dict[str, bool] = {}
         self.networks: list[IPNetwork] = []
         for item in allowed:
             item = item.strip()
@@ -55,10 +57,18 @@ class TrustedPeers:
     def __contains__(self, host: object) -> bool:
         if self.everyone or host == "":
             return True
-        addr = _ip(host) if isinstance(host, str) else None
-        if addr is None:
+        if not isinstance(host, str):
             return False
-        return any(addr in net for net in self.networks)
+        seen = self._seen
+        hit = seen.get(host)
+        if hit is not None:
+            return hit
+        addr = _ip(host)
+        trusted = addr is not None and any(addr in net for net in self.networks)
+        if len(seen) >= 4096:  # bounded: clients behind no proxy are many
+            seen.clear()
+        seen[host] = trusted
+        return trusted
 
     def __repr__(self) -> str:
         return f"TrustedPeers({'*' if self.everyone else [str(n) for n in self.networks]})"
@@ -216,7 +226,16 @@ def _apply_forwarded(environ: dict[str, Any], header: str, trusted: TrustedPeers
         _set_host(environ, host, environ.get("wsgi.url_scheme", "http"))
 
 
+_X_FORWARDED = ("HTTP_X_FORWARDED_FOR", "HTTP_X_FORWARDED_PROTO", "HTTP_X_FORWARDED_HOST",
+                "HTTP_X_FORWARDED_PORT")
+
+
 def _apply_x_forwarded(environ: dict[str, Any], trusted: TrustedPeers) -> None:
+    for key in _X_FORWARDED:
+        if key in environ:
+            break
+    else:  # a request that came through no proxy (or a direct client of a trusted host)
+        return
     hops = _values(environ, "HTTP_X_FORWARDED_FOR")
     nodes = [_split_node(h) for h in hops]
     index = _client_index([addr for addr, _ in nodes], trusted) if hops else 0
