@@ -504,3 +504,21 @@ def test_a_well_behaved_client_is_not_a_flood() -> None:
         p.server.release(sid)
         p.clock.now += 0.05
     assert not p.server.closed
+
+
+def test_config_fields_shape_the_limits() -> None:
+    from wsgiplus.cli import build_parser, config_from_args
+    from wsgiplus.config import Config
+
+    args = build_parser().parse_args(["--no-http2", "--h2-max-concurrent-streams", "250",
+                                      "--h2-max-header-list-size", "32k", "--h2-idle-timeout", "0",
+                                      "--h2-window-timeout", "5", "--max-body-size", "1m"])
+    config = config_from_args(args, {})
+    limits = config.h2_limits
+    assert config.http2 is False and Config().http2 is True
+    assert (limits.max_concurrent_streams, limits.max_header_list_size, limits.idle_timeout,
+            limits.window_timeout, limits.max_body_size) == (250, 32768, None, 5.0, 1024 * 1024)
+    for bad in ({"h2_max_concurrent_streams": 0}, {"h2_initial_window_size": 2**31},
+                {"h2_max_header_list_size": 10}):
+        with pytest.raises(ValueError):
+            Config(**bad).validate()

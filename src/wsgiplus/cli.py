@@ -143,6 +143,23 @@ def build_parser() -> argparse.ArgumentParser:
         help="comma-separated addresses/CIDRs (or '*') whose proxy headers are believed; "
              "env FORWARDED_ALLOW_IPS")
 
+    g = group = p.add_argument_group("HTTP/2")
+    opt("--http2", field="http2", action=argparse.BooleanOptionalAction,
+        help="serve HTTP/2: h2c by prior knowledge or Upgrade on plain listeners, ALPN h2 with TLS")
+    opt("--h2-max-concurrent-streams", field="h2_max_concurrent_streams",
+        help="streams per connection (those still being answered after a client reset included)")
+    opt("--h2-max-header-list-size", field="h2_max_header_list_size",
+        help="decoded request head; larger ends the connection (HPACK bomb, CONTINUATION flood)")
+    opt("--h2-header-table-size", field="h2_header_table_size", help="HPACK dynamic table")
+    opt("--h2-initial-window-size", field="h2_initial_window_size", help="per-stream window for request bodies")
+    opt("--h2-connection-window-size", field="h2_connection_window_size",
+        help="per-connection window for request bodies")
+    opt("--h2-idle-timeout", field="h2_idle_timeout", help="no stream open: GOAWAY and close (0: off)")
+    opt("--h2-ping-timeout", field="h2_ping_timeout",
+        help="streams open and the client silent: PING, close if unanswered this long (0: off)")
+    opt("--h2-window-timeout", field="h2_window_timeout",
+        help="a response stuck on a zero flow-control window is reset after this (0: off)")
+
     g = group = p.add_argument_group("logging")
     opt("--log-level", field="log_level", choices=["critical", "error", "warning", "info", "debug"])
     opt("--access-log", field="access_log", action=argparse.BooleanOptionalAction, help="one line per request")
