@@ -34,6 +34,8 @@ What this layer adds to ``h2``:
 
 from __future__ import annotations
 
+import base64
+import binascii
 import re
 import time
 from collections import deque
@@ -53,6 +55,7 @@ from ..protocol import Request
 
 __all__ = [
     "ConnectionTerminated",
+    "valid_upgrade_settings",
     "ErrorCodes",
     "H2Limits",
     "H2Protocol",
@@ -276,6 +279,16 @@ def validate_request(headers: list[tuple[bytes, bytes]], ended: bool) -> Request
     )
 
 
+def valid_upgrade_settings(value: bytes) -> bool:
+    """An ``HTTP2-Settings`` value h2 can take: base64url of whole 6-byte settings."""
+    value = value.strip()
+    try:
+        raw = base64.urlsafe_b64decode(value + b"=" * (-len(value) % 4))
+    except (ValueError, binascii.Error):
+        return False
+    return len(raw) % 6 == 0
+
+
 # -- budgets and per-stream state ---------------------------------------------
 
 
@@ -413,6 +426,8 @@ class H2Protocol:
     def initiate_upgrade(self, settings_header: bytes, request: Request) -> None:
         """After answering ``Upgrade: h2c`` with 101: the upgrading request is stream 1,
         already complete (its body came over HTTP/1.1); the caller answers it."""
+        settings_header = settings_header.strip()
+        settings_header += b"=" * (-len(settings_header) % 4)  # token68 comes unpadded; h2 wants padding
         self.conn.initiate_upgrade_connection(settings_header)
         self._open_connection_window()
         stream = self.streams[1] = _Stream(1)
@@ -588,6 +603,9 @@ class H2Protocol:
     def _withdraw(self, stream: _Stream, error_code: int, remote: bool, events: list[Event]) -> None:
         """The stream is gone: tell the user, or, if the user never heard of it, forget it."""
         sid = stream.stream_id
+        if stream.released:  # the user is done with it already: nothing to tell
+            self._maybe_forget(stream)
+            return
         if sid in self._new:
             # opened and reset in one read: never reported, so its app never runs
             del self._new[sid]
