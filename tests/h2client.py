@@ -175,3 +175,119 @@ class H2Client:
             self.sock.close()
         except OSError:
             pass
+
+
+PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+
+
+class RawH2:
+    """Frames in, frames out, no client state machine: for conformance and attack tests.
+
+    ``RawH2(port)`` sends the preface and an empty SETTINGS, ACKs the server's
+    SETTINGS, and keeps every frame it reads in ``frames``.
+    """
+
+    def __init__(self, port: int, host: str = "127.0.0.1", timeout: float = 10.0, preface: bool = True) -> None:
+        import hpack
+
+        self.sock = socket.create_connection((host, port), timeout=timeout)
+        self.timeout = timeout
+        self.encoder = hpack.Encoder()
+        self.decoder = hpack.Decoder()
+        self.frames: list[Any] = []
+        self.closed = False
+        self._buf = b""
+        if preface:
+            from hyperframe.frame import SettingsFrame
+
+            self.sock.sendall(PREFACE + SettingsFrame(0).serialize())
+            self.wait(lambda: any(isinstance(f, SettingsFrame) and "ACK" not in f.flags for f in self.frames))
+            self.send(SettingsFrame(0, flags=["ACK"]))
+
+    def send(self, *frames: Any) -> None:
+        try:
+            self.sock.sendall(b"".join(f.serialize() for f in frames))
+        except OSError:
+            self.closed = True
+
+    def send_raw(self, data: bytes) -> None:
+        try:
+            self.sock.sendall(data)
+        except OSError:
+            self.closed = True
+
+    def headers(self, sid: int, fields: list | None = None, end_stream: bool = True,
+                end_headers: bool = True, **extra: Any) -> Any:
+        fields = fields if fields is not None else [
+            (b":method", b"GET"), (b":scheme", b"http"), (b":authority", b"localhost"), (b":path", b"/")]
+        flags = (["END_STREAM"] if end_stream else []) + (["END_HEADERS"] if end_headers else [])
+        return HeadersFrame(sid, data=self.encoder.encode(fields), flags=flags, **extra)
+
+    def read_once(self, timeout: float) -> None:
+        self.sock.settimeout(timeout)
+        try:
+            data = self.sock.recv(65536)
+        except TimeoutError:
+            return
+        except OSError:
+            data = b""
+        if not data:
+            self.closed = True
+            return
+        buf = self._buf + data
+        while len(buf) >= 9:
+            frame, length = Frame.parse_frame_header(memoryview(buf[:9]))
+            if len(buf) < 9 + length:
+                break
+            frame.parse_body(memoryview(buf[9 : 9 + length]))
+            buf = buf[9 + length :]
+            if isinstance(frame, HeadersFrame):
+                frame.decoded = list(self.decoder.decode(frame.data, raw=True))
+            self.frames.append(frame)
+        self._buf = buf
+
+    def wait(self, predicate: Any, timeout: float | None = None) -> bool:
+        deadline = time.monotonic() + (timeout or self.timeout)
+        while not predicate():
+            left = deadline - time.monotonic()
+            if left <= 0 or self.closed:
+                return bool(predicate())
+            self.read_once(min(left, 0.5))
+        return True
+
+    def goaway(self, timeout: float | None = None) -> Any:
+        """The server's GOAWAY (waiting for it), or None if it closed without one."""
+        from hyperframe.frame import GoAwayFrame
+
+        self.wait(lambda: any(isinstance(f, GoAwayFrame) for f in self.frames), timeout)
+        found = [f for f in self.frames if isinstance(f, GoAwayFrame)]
+        return found[0] if found else None
+
+    def reset(self, sid: int, timeout: float | None = None) -> Any:
+        """The server's RST_STREAM for ``sid`` (waiting for it), or None."""
+        self.wait(lambda: any(isinstance(f, RstStreamFrame) and f.stream_id == sid for f in self.frames), timeout)
+        found = [f for f in self.frames if isinstance(f, RstStreamFrame) and f.stream_id == sid]
+        return found[0] if found else None
+
+    def response(self, sid: int, timeout: float | None = None) -> tuple[int | None, bytes]:
+        """(status, body) of ``sid`` once it has ended (None status if it did not)."""
+        def ended() -> bool:
+            return any(f.stream_id == sid and "END_STREAM" in f.flags for f in self.frames
+                       if isinstance(f, (HeadersFrame, DataFrame)))
+        self.wait(ended, timeout)
+        status = None
+        body = b""
+        for f in self.frames:
+            if f.stream_id != sid:
+                continue
+            if isinstance(f, HeadersFrame) and status is None:
+                status = int(dict(f.decoded).get(b":status", b"0"))
+            elif isinstance(f, DataFrame):
+                body += f.data
+        return (status if ended() else None), body
+
+    def close(self) -> None:
+        try:
+            self.sock.close()
+        except OSError:
+            pass

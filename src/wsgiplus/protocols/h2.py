@@ -48,6 +48,7 @@ import h2.connection
 import h2.events
 import h2.exceptions
 import h2.settings
+import hpack
 from h2.errors import ErrorCodes
 from hyperframe.frame import GoAwayFrame
 
@@ -74,6 +75,7 @@ _DATA, _HEADERS, _PRIORITY, _RST_STREAM, _SETTINGS, _PUSH_PROMISE, _PING, _GOAWA
 _END_STREAM = 0x1
 _ACK = 0x1
 _END_HEADERS = 0x4
+_NOT_SETTINGS = "the client preface does not go on with SETTINGS"
 
 
 @dataclass(frozen=True)
@@ -411,6 +413,7 @@ class H2Protocol:
         self._scan_head = bytearray()
         self._scan_skip = 0
         self._block_bytes = -1  # bytes of the header block being received; -1: none open
+        self._scan_first = True  # the client's first frame must be SETTINGS
         now = clock()
         self._last_received = now
         self._idle_since: float | None = now
@@ -450,19 +453,23 @@ class H2Protocol:
         now = self.clock()
         self._last_received = now
         self._ping_sent = None
-        usable, violation = self._scan(data, now)
+        usable, violation, code = self._scan(data, now)
         events: list[Event] = []
         if usable:
             try:
                 h2_events = self.conn.receive_data(data if usable == len(data) else data[:usable])
             except h2.exceptions.ProtocolError as exc:
-                # h2 has queued its GOAWAY (with the right error code)
-                self._terminated(events, int(getattr(exc, "error_code", ErrorCodes.PROTOCOL_ERROR)), str(exc))
+                # h2 has queued its GOAWAY
+                code = int(getattr(exc, "error_code", ErrorCodes.PROTOCOL_ERROR))
+                if isinstance(exc.__cause__, hpack.HPACKError) and not isinstance(exc, h2.exceptions.DenialOfServiceError):
+                    code = ErrorCodes.COMPRESSION_ERROR  # RFC 9113 §4.3; h2 says PROTOCOL_ERROR
+                    self._replace_goaway(code)
+                self._terminated(events, code, str(exc))
                 return events
             self._handle(h2_events, events, now)
         if violation and not self.closed:
-            self.terminate(ErrorCodes.ENHANCE_YOUR_CALM, violation)
-            events.append(ConnectionTerminated(ErrorCodes.ENHANCE_YOUR_CALM, violation, False))
+            self.terminate(code, violation)
+            events.append(ConnectionTerminated(code, violation, False))
         if self.closed and events:
             # the connection is over: a request reported in this same read never runs
             fresh = {e.stream_id for e in events if type(e) is RequestReceived}
@@ -473,11 +480,18 @@ class H2Protocol:
                     self.release(sid)
         return events
 
-    def _scan(self, data: bytes, now: float) -> tuple[int, str | None]:
+    def _replace_goaway(self, code: int) -> None:
+        """Swap the error code of the GOAWAY h2 has just queued (the last frame it queued)."""
+        out = self.conn.data_to_send()
+        if len(out) >= 17 and out[-14] == _GOAWAY and out[-17:-14] == b"\x00\x00\x08":
+            out = out[:-4] + code.to_bytes(4, "big")
+        self._out += out
+
+    def _scan(self, data: bytes, now: float) -> tuple[int, str | None, int]:
         """Read frame headers ahead of h2: floods and header-block sizes.
 
         Returns how many bytes may be given to h2 (all, or up to the frame that
-        broke a limit) and what was broken.
+        broke a limit), what was broken and the GOAWAY error code for it.
         """
         pos = 0
         end = len(data)
@@ -505,6 +519,10 @@ class H2Protocol:
             del head[:]
             self._scan_skip = length
             problem = None
+            if self._scan_first:
+                self._scan_first = False
+                if kind != _SETTINGS or flags & _ACK:
+                    return max(frame_start, 0), _NOT_SETTINGS, ErrorCodes.PROTOCOL_ERROR  # RFC 9113 §3.4
             if kind == _DATA:
                 if length == 0 and not flags & _END_STREAM and self._floods["empty"].spend(now):
                     problem = "empty DATA flood"
@@ -526,6 +544,8 @@ class H2Protocol:
                 if self._resets.spend(now):
                     problem = "too many stream resets (rapid reset)"
             elif kind == _SETTINGS:
+                if flags & _ACK and length:
+                    return max(frame_start, 0), "SETTINGS ACK with a payload", ErrorCodes.FRAME_SIZE_ERROR  # §6.5
                 if not flags & _ACK and self._floods["settings"].spend(now):
                     problem = "SETTINGS flood"
             elif kind == _PING:
@@ -543,8 +563,8 @@ class H2Protocol:
             if kind != _CONTINUATION and kind != _HEADERS and self._block_bytes >= 0:
                 self._block_bytes = -1  # h2 refuses the interleaved frame itself
             if problem:
-                return max(frame_start, 0), problem
-        return end, None
+                return max(frame_start, 0), problem, ErrorCodes.ENHANCE_YOUR_CALM
+        return end, None, 0
 
     def _handle(self, h2_events: list[Any], events: list[Event], now: float) -> None:
         conn = self.conn
