@@ -196,6 +196,7 @@ class RawH2:
         self.decoder = hpack.Decoder()
         self.frames: list[Any] = []
         self.closed = False
+        self.send_failed = False
         self._buf = b""
         if preface:
             from hyperframe.frame import SettingsFrame
@@ -205,16 +206,13 @@ class RawH2:
             self.send(SettingsFrame(0, flags=["ACK"]))
 
     def send(self, *frames: Any) -> None:
-        try:
-            self.sock.sendall(b"".join(f.serialize() for f in frames))
-        except OSError:
-            self.closed = True
+        self.send_raw(b"".join(f.serialize() for f in frames))
 
     def send_raw(self, data: bytes) -> None:
         try:
             self.sock.sendall(data)
         except OSError:
-            self.closed = True
+            self.send_failed = True  # what the server sent before is still read
 
     def headers(self, sid: int, fields: list | None = None, end_stream: bool = True,
                 end_headers: bool = True, **extra: Any) -> Any:

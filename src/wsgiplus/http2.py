@@ -53,6 +53,7 @@ __all__ = ["H2Connection", "H2Stream"]
 
 _END = object()  # outbox item: the body is complete
 _NO_BODY_STATUS = frozenset({204, 304})
+_LINGER = 1.0  # seconds a connection reads and drops after a GOAWAY for an error
 _UPGRADE_HOP = frozenset({b"connection", b"upgrade", b"http2-settings", b"keep-alive", b"proxy-connection",
                           b"transfer-encoding", b"te"})
 
@@ -208,6 +209,7 @@ class H2Connection(Connection, asyncio.Protocol):
         "draining",
         "write_paused",
         "_flush_scheduled",
+        "_linger_until",
     )
 
     def __init__(self, server: Server, template: dict[str, Any]) -> None:
@@ -225,6 +227,7 @@ class H2Connection(Connection, asyncio.Protocol):
         self.draining = False
         self.write_paused = False
         self._flush_scheduled = False
+        self._linger_until = 0.0  # after our GOAWAY: close at this loop.time()
 
     # -- becoming HTTP/2 -------------------------------------------------------------
 
@@ -268,7 +271,7 @@ class H2Connection(Connection, asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         if self.closing:
-            return
+            return  # lingering after a GOAWAY: dropped
         events = self.proto.receive_data(data)
         if events:
             self._handle(events)
@@ -354,13 +357,25 @@ class H2Connection(Connection, asyncio.Protocol):
         self.proto.release(stream.stream_id)
 
     def _terminated(self) -> None:
-        """The protocol is over (GOAWAY sent or received): stop every stream, close."""
+        """The protocol is over (GOAWAY sent or received): stop every stream, close.
+
+        After a GOAWAY of ours the close lingers: the write side is shut (the
+        GOAWAY goes out) and what the client still sends is read and dropped
+        for up to a second, so the kernel does not answer it with a TCP reset
+        that would destroy the GOAWAY before the client reads it.
+        """
         for stream in list(self.streams.values()):
             if stream.runner is None:
                 self._drop(stream)
             else:
                 stream.disconnect()
         self.flush_output()
+        transport = self.transport
+        if transport is not None and not self.disconnected and transport.can_write_eof():
+            self.closing = True
+            transport.write_eof()
+            self._linger_until = self.loop.time() + _LINGER
+            return
         self.close()
 
     def stream_done(self, stream: H2Stream) -> None:
@@ -401,13 +416,18 @@ class H2Connection(Connection, asyncio.Protocol):
             stream = self.streams.get(sid)
             if stream is not None and stream.paused:
                 stream.resume()
-        if proto.finished and not self.closing:
-            self.close()
+        if proto.finished and not proto.closed and not self.closing:
+            self.close()  # after a graceful GOAWAY, the last stream is done (errors: _terminated)
 
     # -- what the server calls -------------------------------------------------------------
 
     def check_timer(self, now: float) -> None:
-        if self.disconnected or self.closing:
+        if self.disconnected:
+            return
+        if self.closing:
+            if self._linger_until and now >= self._linger_until:
+                self._linger_until = 0.0
+                self.transport.close()  # type: ignore[union-attr]
             return
         events = self.proto.tick()
         if events:

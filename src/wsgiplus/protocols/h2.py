@@ -75,6 +75,7 @@ _DATA, _HEADERS, _PRIORITY, _RST_STREAM, _SETTINGS, _PUSH_PROMISE, _PING, _GOAWA
 _END_STREAM = 0x1
 _ACK = 0x1
 _END_HEADERS = 0x4
+_MAX_CONTINUATIONS = 32  # CONTINUATION frames in one header block (h2 itself stops at 64)
 _NOT_SETTINGS = "the client preface does not go on with SETTINGS"
 
 
@@ -414,6 +415,7 @@ class H2Protocol:
         self._scan_skip = 0
         self._block_bytes = -1  # bytes of the header block being received; -1: none open
         self._scan_first = True  # the client's first frame must be SETTINGS
+        self._block_frames = 0
         now = clock()
         self._last_received = now
         self._idle_since: float | None = now
@@ -529,12 +531,14 @@ class H2Protocol:
             elif kind == _HEADERS:
                 if not flags & _END_HEADERS:
                     self._block_bytes = length
+                    self._block_frames = 0
                 if length == 0 and self._floods["empty"].spend(now):
                     problem = "empty HEADERS flood"
             elif kind == _CONTINUATION:
                 if self._block_bytes >= 0:
                     self._block_bytes += length
-                    if self._block_bytes > limits.max_header_list_size:
+                    self._block_frames += 1
+                    if self._block_bytes > limits.max_header_list_size or self._block_frames > _MAX_CONTINUATIONS:
                         problem = "header block too large (CONTINUATION flood)"
                     elif flags & _END_HEADERS:
                         self._block_bytes = -1
