@@ -271,6 +271,28 @@ def write(results: dict[str, Any], out: Path) -> None:
         names = list(data)
         _bar(out / "slow.png", "slow clients: normal clients' requests/s with 200 byte-by-byte senders", "req/s",
              names, [_vals(data[n], "rps") for n in names], labels)
+    if "h2" in sc and "hello" in sc["h2"]["data"]:
+        h2 = sc["h2"]["data"]
+        lines += ["## HTTP/2: 10 connections x 100 concurrent streams (h2load, h2c prior knowledge)", "",
+                  meta("h2"), "",
+                  "**hello** is the 13-byte response; **upstream** the fan-in (one loopback HTTP call of 100 ms "
+                  "per request, so 1,000 streams in flight allow at most 10,000 req/s). Peers that serve WSGI "
+                  "over HTTP/2: hypercorn (its executor threads) and granian.", ""]
+        for part in ("hello", "upstream"):
+            data = h2.get(part)
+            if not data:
+                continue
+            base_runs = data.get(BASELINE, [])
+            rows = []
+            for name, runs in data.items():
+                r = paired(base_runs, runs, "rps")
+                rows.append([labels.get(name, name), span(runs, "rps"), _f(med(runs, "mean_ms"), "{:.1f}"),
+                             _f(med(runs, "max_ms"), "{:.1f}"), _f(med(runs, "errors")),
+                             _f(med(runs, "cpu_us_per_req")), _f(med(runs, "rss_kb"), "{:.1f}", 1 / 1024),
+                             "-" if name == BASELINE or r is None else f"{r:.2f}x"])
+            lines += [f"### h2 {part}", ""]
+            lines += _table(["server", "req/s median (min-max)", "mean ms", "max ms", "errors", "CPU us/req",
+                             "peak RSS MB", "WSGI+ / this"], rows) + [""]
     targets: list[str] = []
     if checks:
         targets = _table(["target", "measured (same run)", "status"], [c.strip("| ").split(" | ") for c in checks])
