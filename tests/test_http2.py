@@ -453,3 +453,33 @@ def test_proxy_headers_apply_to_streams(serve: Any) -> None:
                                                (b"x-forwarded-proto", b"https")]).body)
     client.close()
     assert env["REMOTE_ADDR"] == "203.0.113.9" and env["wsgi.url_scheme"] == "https"
+
+
+def test_max_requests_sends_goaway_and_finishes_the_streams_in_flight() -> None:
+    from wsgiplus.supervisor import WorkerServer
+
+    gate: Future = Future()
+
+    def app(environ: dict, start_response: Any) -> Any:
+        if environ["PATH_INFO"] == "/slow":
+            yield gate
+        start_response("200 OK", [])
+        yield environ["PATH_INFO"].encode()
+
+    thread = ServerThread(app)
+    thread.server = WorkerServer(app, thread.config, max_requests=3,
+                                 on_max_requests=lambda: thread.server.request_stop())
+    thread.start()
+    try:
+        client = H2Client(thread.port, timeout=20)
+        slow = client.request("GET", "/slow")
+        fast = [client.request("GET", f"/f{i}") for i in range(3)]
+        assert client.wait(lambda: client.done(*fast) and client.terminated is not None, timeout=20)
+        assert client.terminated.error_code == 0 and client.terminated.last_stream_id == fast[-1]
+        assert not client.done(slow)
+        gate.set_result(None)
+        assert client.wait(lambda: client.done(slow), timeout=20)
+        assert client.responses[slow].status == 200 and client.responses[slow].body == b"/slow"
+        assert client.wait(lambda: client.closed, timeout=20)
+    finally:
+        thread.stop()
