@@ -296,6 +296,24 @@ def test_zero_window_forever_is_bounded_and_times_out() -> None:
     assert not p.server.streams
 
 
+def test_a_request_body_that_stops_arriving_gets_408() -> None:
+    p = Pair(H2Limits(body_timeout=30.0, ping_timeout=None))
+    sid = p.request([(b":method", b"POST"), *GET[1:]], end=False)
+    assert p.of(RequestReceived, p.send())
+    p.clock.now += 20
+    p.client.send_data(sid, b"some")
+    assert p.of(RequestData, p.send())
+    p.clock.now += 29
+    assert p.server.tick() == []
+    p.clock.now += 2
+    events = p.server.tick()
+    assert [(type(e), e.stream_id) for e in events] == [(StreamReset, sid)]
+    got = p.pump()
+    assert [dict(e.headers)[b":status"] for e in p.of(h2.events.ResponseReceived, got)] == [b"408"]
+    p.server.release(sid)
+    assert not p.server.streams
+
+
 def test_reset_by_the_app_side_and_writes_after_it_are_refused() -> None:
     p = Pair()
     sid = p.request()

@@ -103,6 +103,7 @@ class Config:
             idle_timeout=self.h2_idle_timeout,
             ping_timeout=self.h2_ping_timeout,
             window_timeout=self.h2_window_timeout,
+            body_timeout=self.body_timeout or None,
         )
 
     def replace(self, **changes: Any) -> Config:

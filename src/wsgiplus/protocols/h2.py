@@ -75,6 +75,7 @@ _DATA, _HEADERS, _PRIORITY, _RST_STREAM, _SETTINGS, _PUSH_PROMISE, _PING, _GOAWA
 _END_STREAM = 0x1
 _ACK = 0x1
 _END_HEADERS = 0x4
+_REFUSALS = {413: b"request body too large\n", 408: b"request body not received in time\n"}
 _MAX_CONTINUATIONS = 32  # CONTINUATION frames in one header block (h2 itself stops at 64)
 _NOT_SETTINGS = "the client preface does not go on with SETTINGS"
 
@@ -93,6 +94,7 @@ class H2Limits:
     idle_timeout: float | None = 60.0  # no stream open this long: GOAWAY and close
     ping_timeout: float | None = 20.0  # silent peer with streams open: PING; no answer: close
     window_timeout: float | None = 30.0  # output waiting on a zero window this long: stream reset
+    body_timeout: float | None = 30.0  # between two pieces of a request body: 408 and the stream ends
     stream_buffer_high: int = 64 * 1024  # buffered output per stream above which it is not writable
     stream_buffer_low: int = 16 * 1024  # ... and below which it is writable again
     # budgets: at most `burst` of a kind at once, refilled at `burst / budget_window` per second
@@ -335,6 +337,7 @@ class _Stream:
         "blocked_since",
         "want_writable",
         "reported",
+        "last_input",
     )
 
     def __init__(self, stream_id: int) -> None:
@@ -351,6 +354,7 @@ class _Stream:
         self.blocked_since = 0.0  # clock() when output started waiting on a zero window
         self.want_writable = False
         self.reported = False  # the user got its RequestReceived
+        self.last_input = 0.0  # clock() of the last piece of the request
 
 
 def _settings_codes() -> Any:
@@ -586,6 +590,7 @@ class H2Protocol:
                 stream = streams.get(sid)
                 if stream is None or stream.reset or not ev.data:
                     continue
+                stream.last_input = now
                 stream.body_size += len(ev.data)
                 if stream.body_size > self.limits.max_body_size:
                     self._refuse(stream, 413, events)
@@ -662,6 +667,7 @@ class H2Protocol:
             return
         stream = self.streams[sid] = _Stream(sid)
         stream.remote_ended = ended
+        stream.last_input = self.clock()
         self.requests += 1
         self._idle_since = None
         if request.content_length is not None and request.content_length > self.limits.max_body_size:
@@ -683,7 +689,7 @@ class H2Protocol:
     def _refuse(self, stream: _Stream, status: int, events: list[Event]) -> None:
         """Answer ``status`` to a request whose app must not run, and end the stream."""
         sid = stream.stream_id
-        body = b"request body too large\n" if status == 413 else b""
+        body = _REFUSALS.get(status, b"")
         self.send_headers(sid, status, [(b"content-type", b"text/plain"), (b"content-length", b"%d" % len(body))])
         self.send_data(sid, body, end_stream=True)
         self._pump_stream(stream, self.limits.send_chunk)  # small: fits any window
@@ -919,12 +925,17 @@ class H2Protocol:
     # -- timers -----------------------------------------------------------------
 
     def tick(self) -> list[Event]:
-        """Fire due timers: zero-window timeout (stream reset), liveness PING, idle GOAWAY."""
+        """Fire due timers: request body timeout (408), zero-window timeout (stream reset),
+        liveness PING, idle GOAWAY."""
         if self.closed:
             return []
         now = self.clock()
         limits = self.limits
         events: list[Event] = []
+        if limits.body_timeout:
+            for stream in list(self.streams.values()):
+                if not stream.remote_ended and not stream.reset and now - stream.last_input >= limits.body_timeout:
+                    self._refuse(stream, 408, events)  # a request body that stopped arriving
         if limits.window_timeout:
             for stream in list(self.streams.values()):
                 if stream.blocked_since and now - stream.blocked_since >= limits.window_timeout and not stream.reset:
