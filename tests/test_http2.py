@@ -51,8 +51,13 @@ def certificate(tmp_path_factory: Any) -> tuple[str, str]:
 # -- the three ways in -------------------------------------------------------------------
 
 
-def test_prior_knowledge_environ(serve: Any) -> None:
-    server = serve(echo_app)
+LOOPS = ["asyncio", pytest.param("uvloop", marks=pytest.mark.skipif(
+    __import__("importlib").util.find_spec("uvloop") is None, reason="uvloop not installed"))]
+
+
+@pytest.mark.parametrize("loop", LOOPS)
+def test_prior_knowledge_environ(serve: Any, loop: str) -> None:
+    server = serve(echo_app, loop=loop)
     client = H2Client(server.port)
     resp = client.get("/p%20q?x=1", headers=[(b"cookie", b"a=1"), (b"cookie", b"b=2"), (b"x-thing", b"v")])
     client.close()
@@ -106,8 +111,9 @@ def test_http2_off_answers_the_preface_as_http11(serve: Any) -> None:
     assert answer.startswith(b"HTTP/1.1 400 ")
 
 
-def test_upgrade_h2c(serve: Any) -> None:
-    server = serve(echo_app)
+@pytest.mark.parametrize("loop", LOOPS)
+def test_upgrade_h2c(serve: Any, loop: str) -> None:
+    server = serve(echo_app, loop=loop)
     conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True, header_encoding=None))
     settings = conn.initiate_upgrade_connection().rstrip(b"=")  # already base64url; token68 unpadded
     with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
@@ -164,9 +170,10 @@ def test_httpx_prior_knowledge(serve: Any) -> None:
     assert [json.loads(r.content)["PATH_INFO"] for r in responses] == [f"/n{i}" for i in range(5)]
 
 
-def test_httpx_tls_alpn(serve: Any, certificate: tuple[str, str]) -> None:
+@pytest.mark.parametrize("loop", LOOPS)
+def test_httpx_tls_alpn(serve: Any, certificate: tuple[str, str], loop: str) -> None:
     cert, key = certificate
-    server = serve(echo_app, certfile=cert, keyfile=key)
+    server = serve(echo_app, certfile=cert, keyfile=key, loop=loop)
     ctx = ssl.create_default_context(cafile=cert)
     with httpx.Client(http2=True, verify=ctx, timeout=10) as client:
         r = client.get(f"https://localhost:{server.port}/tls")
