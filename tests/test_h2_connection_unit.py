@@ -280,3 +280,37 @@ def test_connection_lost_disconnects_every_stream() -> None:
     bench.drive()
     assert gate.cancelled()
     assert bench.server.active == 0 and not bench.server.connections
+
+
+def test_a_stream_reset_before_its_step_runs_never_calls_the_app() -> None:
+    calls: list[str] = []
+
+    def app(environ: dict, start_response: Any) -> list[bytes]:
+        calls.append(environ["PATH_INFO"])
+        start_response("200 OK", [])
+        return [b""]
+
+    bench = Bench(app)
+    client = Client(bench)
+    sid = client.get("/reset-me")  # reported and its runner submitted, not yet run
+    assert bench.pool.jobs
+    client.h2.reset_stream(sid)
+    client.send()
+    client.pump()
+    assert calls == []
+    assert not client.conn.streams and bench.server.active == 0
+    other = client.get("/other")
+    client.pump()
+    assert calls == ["/other"] and client.ended(other)
+
+
+def test_upgrade_h2c_request_with_a_body_stays_http11() -> None:
+    bench = Bench(hello)
+    transport = Transport()
+    conn = HTTPConnection(bench.server, bench.template)
+    conn.connection_made(transport)  # type: ignore[arg-type]
+    settings = h2.connection.H2Connection().initiate_upgrade_connection().rstrip(b"=")
+    conn.data_received(b"POST /x HTTP/1.1\r\nHost: h\r\nContent-Length: 3\r\nConnection: Upgrade, HTTP2-Settings\r\n"
+                       b"Upgrade: h2c\r\nHTTP2-Settings: " + settings + b"\r\n\r\nabc")
+    bench.drive()
+    assert transport.protocol is None and transport.take().startswith(b"HTTP/1.1 200 OK")
