@@ -29,7 +29,7 @@ import time
 from http import HTTPStatus
 from typing import TYPE_CHECKING, Any
 
-from .connection import Connection, new_record
+from .connection import Connection
 from .protocol import Request, http_date
 from .protocols.h2 import (
     ConnectionTerminated,
@@ -40,7 +40,7 @@ from .protocols.h2 import (
     RequestReceived,
     StreamReset,
 )
-from .streams import ResponseHead, Stream
+from .streams import ExchangeRecord, ResponseHead, Stream
 from .wsgi import BodyBuffer
 
 if TYPE_CHECKING:
@@ -73,7 +73,7 @@ class H2Stream(Stream):
                  "remaining", "short", "head_sent", "_head")
 
     def __init__(self, conn: H2Connection, stream_id: int, request: Request) -> None:
-        super().__init__(conn.loop, new_record(request.method, request.target, "2.0", conn.remote))
+        super().__init__(conn.loop, ExchangeRecord(request.method, conn.remote))
         self.conn = conn
         self.stream_id = stream_id
         self.request: Request | None = request
@@ -349,6 +349,7 @@ class H2Connection(Connection, asyncio.Protocol):
             body=body.stream() if body is not None else None,
             chunked=request.chunked,
         )
+        stream.record.protocol = "HTTP/2.0"  # the access log's %(H)s, as gunicorn and nginx write it
 
     def _drop(self, stream: H2Stream) -> None:
         """A stream whose app never ran is gone."""
