@@ -405,8 +405,8 @@ class H2Connection(Connection, asyncio.Protocol):
     def flush_output(self) -> None:
         self._flush_scheduled = False
         transport = self.transport
-        if transport is None or self.disconnected:
-            return
+        if transport is None or self.disconnected or self.closing:
+            return  # closing: the last bytes are written (a lingering close has shut writing)
         proto = self.proto
         while not self.write_paused:
             data = proto.data_to_send()
