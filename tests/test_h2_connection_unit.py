@@ -314,3 +314,30 @@ def test_upgrade_h2c_request_with_a_body_stays_http11() -> None:
                        b"Upgrade: h2c\r\nHTTP2-Settings: " + settings + b"\r\n\r\nabc")
     bench.drive()
     assert transport.protocol is None and transport.take().startswith(b"HTTP/1.1 200 OK")
+
+
+def test_a_finished_stream_is_freed_without_the_cyclic_gc() -> None:
+    import gc
+    import weakref
+
+    class Probe:
+        pass
+
+    refs: list[Any] = []
+
+    def app(environ: dict, start_response: Any) -> Any:
+        environ["probe"] = probe = Probe()  # freed only if the environ (so stream and runner) is
+        refs.append(weakref.ref(probe))
+        start_response("200 OK", [])
+        yield b"ok"
+
+    gc.disable()
+    try:
+        bench = Bench(app)
+        client = Client(bench)
+        sids = [client.get(f"/{i}") for i in range(3)]
+        client.pump()
+        assert all(client.ended(s) for s in sids)
+        assert len(refs) == 3 and all(r() is None for r in refs)
+    finally:
+        gc.enable()
