@@ -235,6 +235,20 @@ def run_load(argv: list[str], timeout: float) -> dict[str, Any]:
     return {"error": "no result", "output": out[-500:]}
 
 
+def settle_upstream(port: int, wait: float = 8.0) -> None:
+    """Wait (up to ``wait`` s) until the warm-up's queued upstream requests have drained."""
+    deadline, zeros = time.monotonic() + wait, 0
+    while time.monotonic() < deadline and zeros < 3:
+        try:
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
+            conn.request("GET", "/stats")
+            zeros = zeros + 1 if conn.getresponse().read() == b"0" else 0
+            conn.close()
+        except OSError:
+            zeros = 0
+        time.sleep(0.2)
+
+
 _port = 21000
 
 
@@ -368,17 +382,7 @@ class Bench:
             env = self.env(BENCH_UPSTREAM=f"127.0.0.1:{port}")
 
             def settle() -> None:
-                """Wait (up to 8 s) until the warm-up's queued requests have drained."""
-                deadline, zeros = time.monotonic() + 8, 0
-                while time.monotonic() < deadline and zeros < 3:
-                    try:
-                        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
-                        conn.request("GET", "/stats")
-                        zeros = zeros + 1 if conn.getresponse().read() == b"0" else 0
-                        conn.close()
-                    except OSError:
-                        zeros = 0
-                    time.sleep(0.2)
+                settle_upstream(port)
 
             # a warm-up lets servers that start threads and upstream connections on
             # demand (granian: up to 512) reach their steady state
@@ -398,7 +402,8 @@ class Bench:
             out = exc.stdout.decode() if isinstance(exc.stdout, bytes) else (exc.stdout or "")
         return parse_h2load(out)
 
-    def h2_runs(self, app: str, env: dict[str, str], connections: int, streams: int) -> dict[str, list[dict[str, Any]]]:
+    def h2_runs(self, app: str, env: dict[str, str], connections: int, streams: int,
+                settle: Callable[[], None] | None = None) -> dict[str, list[dict[str, Any]]]:
         servers = self.h2_servers
         runs: dict[str, list[dict[str, Any]]] = {k.name: [] for k in servers}
         for rep in range(self.reps):
@@ -410,6 +415,8 @@ class Bench:
                 srv, port = started
                 try:
                     self.h2load(port, connections, streams, 1)  # warm-up
+                    if settle:
+                        settle()
                     cpu0 = cpu_seconds(srv.pid)
                     res = self.h2load(port, connections, streams, self.duration)
                     res["cpu_s"] = cpu_seconds(srv.pid) - cpu0
@@ -435,7 +442,8 @@ class Bench:
         out = {"hello": self.h2_runs("hello", self.env(), 10, 100)}
         up, port = self.start_upstream()
         try:
-            out["upstream"] = self.h2_runs("upstream_block", self.env(BENCH_UPSTREAM=f"127.0.0.1:{port}"), 10, 100)
+            out["upstream"] = self.h2_runs("upstream_block", self.env(BENCH_UPSTREAM=f"127.0.0.1:{port}"), 10, 100,
+                                           settle=lambda: settle_upstream(port, 20))
         finally:
             os.killpg(up.pid, signal.SIGKILL)
             up.wait()
