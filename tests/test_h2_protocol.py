@@ -34,6 +34,7 @@ from wsgiplus.protocols.h2 import (
     RequestEnded,
     RequestReceived,
     StreamReset,
+    valid_upgrade_settings,
 )
 from wsgiplus.wsgi import BodyBuffer, build_environ, environ_template
 
@@ -522,6 +523,29 @@ def test_a_well_behaved_client_is_not_a_flood() -> None:
         p.server.release(sid)
         p.clock.now += 0.05
     assert not p.server.closed
+
+
+def test_upgrade_makes_the_request_stream_1() -> None:
+    from wsgiplus.protocol import Request
+
+    client = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True, header_encoding=None))
+    settings = client.initiate_upgrade_connection().rstrip(b"=")  # unpadded, as on the wire
+    server = H2Protocol(clock=Clock())
+    request = Request("GET", b"/up", b"/up", b"", "2", [(b"host", b"x")], True, False, None, False, None)
+    server.initiate_upgrade(settings, request)
+    client.receive_data(server.data_to_send())
+    assert server.send_headers(1, 200, [])
+    assert server.send_data(1, b"upgraded", end_stream=True)
+    events = client.receive_data(server.data_to_send())
+    assert b"".join(e.data for e in events if isinstance(e, h2.events.DataReceived)) == b"upgraded"
+    # a reset of stream 1 by the client is reported like any other
+    server = H2Protocol(clock=Clock())
+    client = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True, header_encoding=None))
+    server.initiate_upgrade(client.initiate_upgrade_connection(), request)
+    client.reset_stream(1)
+    events = server.receive_data(client.data_to_send())  # its preface, SETTINGS and the RST_STREAM
+    assert [(type(e), e.stream_id) for e in events] == [(StreamReset, 1)]
+    assert valid_upgrade_settings(settings) and not valid_upgrade_settings(b"!!!") and not valid_upgrade_settings(b"AAAA")
 
 
 def test_config_fields_shape_the_limits() -> None:

@@ -288,7 +288,7 @@ def valid_upgrade_settings(value: bytes) -> bool:
     """An ``HTTP2-Settings`` value h2 can take: base64url of whole 6-byte settings."""
     value = value.strip()
     try:
-        raw = base64.urlsafe_b64decode(value + b"=" * (-len(value) % 4))
+        raw = base64.b64decode(value + b"=" * (-len(value) % 4), altchars=b"-_", validate=True)
     except (ValueError, binascii.Error):
         return False
     return len(raw) % 6 == 0
@@ -444,6 +444,7 @@ class H2Protocol:
         self._open_connection_window()
         stream = self.streams[1] = _Stream(1)
         stream.remote_ended = True
+        stream.reported = True  # the caller has the request already
         self.requests += 1
         self.highest_stream = 1
         self._idle_since = None
