@@ -490,3 +490,50 @@ def test_max_requests_sends_goaway_and_finishes_the_streams_in_flight() -> None:
         assert client.wait(lambda: client.closed, timeout=20)
     finally:
         thread.stop()
+
+
+def test_max_suspended_refuses_streams_beyond_the_limit(serve: Any) -> None:
+    gates: list[Future] = []
+
+    def app(environ: dict, start_response: Any) -> Any:
+        gate: Future = Future()  # one each: a refused suspension cancels its future
+        gates.append(gate)
+        yield gate
+        start_response("200 OK", [])
+        yield b"ok"
+
+    server = serve(app, max_suspended=3)
+    client = H2Client(server.port, timeout=20)
+    sids = [client.request("GET", f"/{i}") for i in range(6)]
+    assert client.wait(lambda: sum(client.responses[s].status == 503 for s in sids) == 3, timeout=20)
+    for gate in gates:
+        if not gate.cancelled():
+            gate.set_result(None)
+    assert client.wait(lambda: client.done(*sids), timeout=20)
+    client.close()
+    assert sorted(client.responses[s].status for s in sids) == [200] * 3 + [503] * 3
+
+
+def test_pause_output_parks_a_stream_without_a_thread(serve: Any) -> None:
+    resumes: list[Any] = []
+
+    def app(environ: dict, start_response: Any) -> Any:
+        start_response("200 OK", [])
+        if environ["PATH_INFO"] == "/paused":
+            resumes.append(environ["wsgi.pause_output"]())
+            yield b"before "
+            yield b""  # parks until resume()
+            yield b"after"
+        else:
+            yield b"other"
+
+    server = serve(app, threads=1)
+    client = H2Client(server.port)
+    paused = client.request("GET", "/paused")
+    assert client.wait(lambda: client.responses[paused].body == b"before ")
+    assert client.get("/other").body == b"other"  # the only thread is free
+    assert not client.responses[paused].ended
+    resumes[0]()
+    assert client.wait(lambda: client.done(paused))
+    assert client.responses[paused].body == b"before after"
+    client.close()
