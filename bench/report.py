@@ -348,6 +348,18 @@ def _update_summary(doc: Path, results: dict[str, Any], labels: dict[str, str], 
             + ", ".join(f"`{c}`" for c in cmds) + ". Medians of 3 runs (1 for idle); full tables with "
             "ranges, latencies, CPU and memory: [benchmarks/results.md](benchmarks/results.md).", ""]
     body += _table(["scenario"] + [labels.get(n, n) for n in PEERS], rows)
+    h2 = sc.get("h2", {}).get("data", {})
+    if "hello" in h2:
+        names = list(h2["hello"])
+        h2_rows = []
+        for part, title in (("hello", "h2 hello"), ("upstream", "h2 upstream fan-in (limit 10,000)")):
+            data = h2.get(part, {})
+            h2_rows.append([f"{title}, req/s"] + [_f(med(data.get(n, []), "rps")) if n in data else "-" for n in names])
+            h2_rows.append([f"{title}, CPU us/req"] + [_f(med(data.get(n, []), "cpu_us_per_req")) if n in data else "-"
+                                                        for n in names])
+        body += ["", "HTTP/2 (h2load, 10 connections x 100 streams, h2c; "
+                 f"{sc['h2']['meta']['date']}):", ""]
+        body += _table(["scenario"] + [labels.get(n, n) for n in names], h2_rows)
     body += ["", "![hello](benchmarks/hello.png)", "![upstream](benchmarks/upstream.png)",
              "![idle](benchmarks/idle.png)", ""]
     if targets:

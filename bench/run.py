@@ -424,10 +424,12 @@ class Bench:
                 finally:
                     srv.stop()
                 if "rps" in res:
-                    res["cpu_us_per_req"] = res["cpu_s"] * 1e6 / max(1, res["requests"])
+                    if res["requests"]:  # none done in time: no per-request figure
+                        res["cpu_us_per_req"] = res["cpu_s"] * 1e6 / res["requests"]
                     print(f"  [h2 {app} {rep + 1}/{self.reps}] {kind.name:18s} {res['rps']:9.0f} req/s "
                           f"mean {res['mean_ms']:7.1f} ms err {res['errors']:5d} "
-                          f"cpu {res['cpu_us_per_req']:6.0f} us/req rss {res['rss_kb'] / 1024:6.1f} MB", flush=True)
+                          f"cpu {res.get('cpu_us_per_req', 0):6.0f} us/req rss {res['rss_kb'] / 1024:6.1f} MB",
+                          flush=True)
                 else:
                     print(f"  [h2 {app}] {kind.name}: {res}", flush=True)
                 runs[kind.name].append(res)
