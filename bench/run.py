@@ -427,7 +427,7 @@ class Bench:
                     if res["requests"]:  # none done in time: no per-request figure
                         res["cpu_us_per_req"] = res["cpu_s"] * 1e6 / res["requests"]
                     print(f"  [h2 {app} {rep + 1}/{self.reps}] {kind.name:18s} {res['rps']:9.0f} req/s "
-                          f"mean {res['mean_ms']:7.1f} ms err {res['errors']:5d} "
+                          f"mean {res.get('mean_ms', 0):7.1f} ms err {res['errors']:5d} "
                           f"cpu {res.get('cpu_us_per_req', 0):6.0f} us/req rss {res['rss_kb'] / 1024:6.1f} MB",
                           flush=True)
                 else:
@@ -674,12 +674,10 @@ def parse_h2load(out: str) -> dict[str, Any]:
                            "requests": int(reqs.group(3))}
     res["errors"] = int(reqs.group(5)) + int(reqs.group(6)) + int(reqs.group(7)) + \
         int(codes.group(2)) + int(codes.group(3)) + int(codes.group(4))
-    if times:
+    if times and res["requests"]:
         res["min_ms"] = _ms(times.group(1), times.group(2))
         res["max_ms"] = _ms(times.group(3), times.group(4))
         res["mean_ms"] = _ms(times.group(5), times.group(6))
-    else:
-        res["mean_ms"] = 0.0
     return res
 
 
