@@ -458,9 +458,11 @@ def test_8_1_trailers_without_end_stream(c: RawH2) -> None:
         (goaway is not None and goaway.error_code == ErrorCodes.PROTOCOL_ERROR)
 
 
-def test_8_1_pseudo_header_in_trailers(c: RawH2) -> None:
+@pytest.mark.parametrize("trailer", [(b":path", b"/x"), (b"X-Upper", b"1"), (b"connection", b"close"),
+                                     (b"x-v", b"a\r\nb")])
+def test_8_1_malformed_trailers(c: RawH2, trailer: tuple) -> None:
     c.send(c.headers(1, POST, end_stream=False), DataFrame(1, data=b"abc"),
-           c.headers(1, [(b":path", b"/x")], end_stream=True))
+           c.headers(1, [trailer], end_stream=True))
     stream_error(c, 1, ErrorCodes.PROTOCOL_ERROR)
 
 

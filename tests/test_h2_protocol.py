@@ -129,7 +129,7 @@ def test_get_request_and_response() -> None:
     assert not p.server.streams
 
 
-def test_body_without_content_length_gets_its_size_and_trailers_are_dropped() -> None:
+def test_body_without_content_length_gets_its_size_and_trailers_come_apart() -> None:
     p = Pair()
     sid = p.request([(b":method", b"POST"), *GET[1:]], end=False)
     events = p.send()
@@ -140,13 +140,14 @@ def test_body_without_content_length_gets_its_size_and_trailers_are_dropped() ->
     p.client.send_headers(sid, [(b"x-checksum", b"1234")], end_stream=True)
     events = p.send()
     assert [type(e) for e in events] == [RequestData, RequestData, RequestEnded]
+    assert events[2].trailers == [(b"x-checksum", b"1234")]
     body = BodyBuffer(1024)
     for e in events[:2]:
         body.write(e.data)
     environ = build_environ(environ_template("h", "1", "http", "", False), req.request, body.stream(), None)
     assert environ["CONTENT_LENGTH"] == "6"
     assert environ["wsgi.input"].read() == b"abcdef"
-    assert not any(k.startswith("HTTP_X_CHECKSUM") for k in environ)  # trailers not merged
+    assert not any(k.startswith("HTTP_X_CHECKSUM") for k in environ)  # trailers are not head fields
 
 
 def test_host_header_without_authority_and_connect() -> None:
@@ -313,6 +314,21 @@ def test_a_request_body_that_stops_arriving_gets_408() -> None:
     assert [dict(e.headers)[b":status"] for e in p.of(h2.events.ResponseReceived, got)] == [b"408"]
     p.server.release(sid)
     assert not p.server.streams
+
+
+def test_a_request_body_trickling_below_the_minimum_rate_gets_408() -> None:
+    p = Pair(H2Limits(body_timeout=30.0, body_min_rate=100, ping_timeout=None))
+    sid = p.request([(b":method", b"POST"), *GET[1:]], end=False)
+    assert p.of(RequestReceived, p.send())
+    for _ in range(20):  # 1 byte every 20 s: never 30 s without data, but 0.05 bytes/s
+        p.clock.now += 20
+        p.client.send_data(sid, b"x")
+        p.send()
+        events = p.server.tick()
+        if events:
+            break
+    assert [(type(e), e.stream_id) for e in events] == [(StreamReset, sid)]
+    assert p.clock.now - 100.0 <= 40  # cut at 30 s + 1 byte / 100 per s, not after 20 trickles
 
 
 def test_reset_by_the_app_side_and_writes_after_it_are_refused() -> None:

@@ -31,6 +31,7 @@ from wsgiplus.testing import ServerThread
 def echo_app(environ: dict, start_response: Any) -> list[bytes]:
     keys = {k: v for k, v in environ.items() if isinstance(v, str)}
     keys["body"] = environ["wsgi.input"].read().decode("latin-1")
+    keys["trailers"] = environ.get("wsgiplus.trailers")
     body = json.dumps(keys).encode()
     start_response("200 OK", [("Content-Type", "application/json"), ("X-Served", "yes")])
     return [body]
@@ -85,6 +86,7 @@ def test_request_bodies_with_and_without_content_length(serve: Any) -> None:
     assert (envs[0]["CONTENT_LENGTH"], envs[0]["body"]) == ("5", "hello")
     assert (envs[1]["CONTENT_LENGTH"], len(envs[1]["body"])) == ("100000", 100_000)
     assert envs[2]["body"] == "trailing" and "HTTP_X_TRAILER" not in envs[2]  # trailers not merged
+    assert envs[2]["trailers"] == [["x-trailer", "1"]] and envs[0]["trailers"] is None
 
 
 def test_http11_still_served_on_the_same_listener(serve: Any) -> None:
@@ -537,3 +539,19 @@ def test_pause_output_parks_a_stream_without_a_thread(serve: Any) -> None:
     assert client.wait(lambda: client.done(paused))
     assert client.responses[paused].body == b"before after"
     client.close()
+
+
+def test_early_hints_go_out_before_the_response(serve: Any) -> None:
+    def app(environ: dict, start_response: Any) -> list[bytes]:
+        environ["wsgi.early_hints"]([("Link", "</style.css>; rel=preload; as=style")])
+        start_response("200 OK", [])
+        return [b"page"]
+
+    server = serve(app)
+    client = H2Client(server.port)
+    resp = client.get("/")
+    hints = [e for e in client.events if isinstance(e, h2.events.InformationalResponseReceived)]
+    client.close()
+    assert resp.status == 200 and resp.body == b"page"
+    assert [dict(e.headers)[b":status"] for e in hints] == [b"103"]
+    assert dict(hints[0].headers)[b"link"] == b"</style.css>; rel=preload; as=style"

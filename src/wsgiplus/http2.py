@@ -52,6 +52,16 @@ log = logging.getLogger("wsgiplus.error")
 __all__ = ["H2Connection", "H2Stream"]
 
 _END = object()  # outbox item: the body is complete
+
+
+class _Info:
+    """Outbox item: a 1xx before the head (``wsgi.early_hints``)."""
+
+    __slots__ = ("status", "headers")
+
+    def __init__(self, status: int, headers: list[tuple[str, str]]) -> None:
+        self.status = status
+        self.headers = headers
 _NO_BODY_STATUS = frozenset({204, 304})
 _LINGER = 1.0  # seconds a connection reads and drops after a GOAWAY for an error
 _UPGRADE_HOP = frozenset({b"connection", b"upgrade", b"http2-settings", b"keep-alive", b"proxy-connection",
@@ -69,7 +79,7 @@ def _fields(head: ResponseHead) -> list[tuple[bytes, bytes]]:
 class H2Stream(Stream):
     """One HTTP/2 request/response: the runner's ``Stream`` for that exchange."""
 
-    __slots__ = ("conn", "stream_id", "request", "body", "runner", "method", "no_body",
+    __slots__ = ("conn", "stream_id", "request", "body", "trailers", "runner", "method", "no_body",
                  "remaining", "short", "head_sent", "_head")
 
     def __init__(self, conn: H2Connection, stream_id: int, request: Request) -> None:
@@ -78,6 +88,7 @@ class H2Stream(Stream):
         self.stream_id = stream_id
         self.request: Request | None = request
         self.body = BodyBuffer(conn.config.body_spool_size) if request.has_body else None
+        self.trailers: list[tuple[bytes, bytes]] | None = None
         self.runner: Runner | None = None
         self.method = request.method
         self.no_body = request.method == "HEAD"
@@ -100,6 +111,10 @@ class H2Stream(Stream):
     def end(self) -> None:
         self._push(_END, 0)
 
+    def informational(self, status: int, headers: list[tuple[str, str]]) -> None:
+        self._push(_Info(status, headers), 0)
+        self.request_flush()  # hints are for now, not with the head
+
     # -- loop thread -------------------------------------------------------------------
 
     def deliver(self, items: list[Any]) -> None:
@@ -108,6 +123,10 @@ class H2Stream(Stream):
         for item in items:
             if type(item) is tuple:
                 self._head = item
+            elif type(item) is _Info:
+                if self._head is None and not self.head_sent:
+                    fields = [(n.lower().encode("latin-1"), v.encode("latin-1")) for n, v in item.headers]
+                    proto.send_informational(sid, item.status, fields)
             elif item is _END:
                 if self._head is not None:
                     self._send_head(end=True)
@@ -319,6 +338,7 @@ class H2Connection(Connection, asyncio.Protocol):
             elif kind is RequestEnded:
                 stream = streams.get(event.stream_id)
                 if stream is not None and stream.runner is None:
+                    stream.trailers = event.trailers
                     self._start(stream)
             elif kind is StreamReset:
                 stream = streams.get(event.stream_id)
@@ -348,6 +368,7 @@ class H2Connection(Connection, asyncio.Protocol):
             http_version="2",
             body=body.stream() if body is not None else None,
             chunked=request.chunked,
+            trailers=stream.trailers,
         )
         stream.record.protocol = "HTTP/2.0"  # the access log's %(H)s, as gunicorn and nginx write it
 

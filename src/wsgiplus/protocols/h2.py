@@ -95,6 +95,7 @@ class H2Limits:
     ping_timeout: float | None = 20.0  # silent peer with streams open: PING; no answer: close
     window_timeout: float | None = 30.0  # output waiting on a zero window this long: stream reset
     body_timeout: float | None = 30.0  # between two pieces of a request body: 408 and the stream ends
+    body_min_rate: float | None = None  # and in total body_timeout + bytes / this (a trickle is cut)
     stream_buffer_high: int = 64 * 1024  # buffered output per stream above which it is not writable
     stream_buffer_low: int = 16 * 1024  # ... and below which it is writable again
     # budgets: at most `burst` of a kind at once, refilled at `burst / budget_window` per second
@@ -136,12 +137,13 @@ class RequestData:
 
 
 class RequestEnded:
-    """The request body is complete (trailers, if any, were checked and dropped)."""
+    """The request body is complete; ``trailers``: its checked trailer fields, if any."""
 
-    __slots__ = ("stream_id",)
+    __slots__ = ("stream_id", "trailers")
 
-    def __init__(self, stream_id: int) -> None:
+    def __init__(self, stream_id: int, trailers: list[tuple[bytes, bytes]] | None = None) -> None:
         self.stream_id = stream_id
+        self.trailers = trailers
 
     def __repr__(self) -> str:
         return f"<RequestEnded {self.stream_id}>"
@@ -294,6 +296,15 @@ def valid_upgrade_settings(value: bytes) -> bool:
     return len(raw) % 6 == 0
 
 
+def _checked_trailers(headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]] | None:
+    """A trailer section's fields, or None if it is malformed (pseudo-headers, bad names or
+    values, connection-specific fields)."""
+    for name, value in headers:
+        if not _NAME.match(name) or name in _CONNECTION_SPECIFIC or _BAD_VALUE.search(value):
+            return None
+    return list(headers)
+
+
 # -- budgets and per-stream state ---------------------------------------------
 
 
@@ -338,6 +349,8 @@ class _Stream:
         "want_writable",
         "reported",
         "last_input",
+        "started",
+        "trailers",
     )
 
     def __init__(self, stream_id: int) -> None:
@@ -355,6 +368,8 @@ class _Stream:
         self.want_writable = False
         self.reported = False  # the user got its RequestReceived
         self.last_input = 0.0  # clock() of the last piece of the request
+        self.started = 0.0  # clock() when its head arrived
+        self.trailers: list[tuple[bytes, bytes]] | None = None  # until RequestEnded takes them
 
 
 def _settings_codes() -> Any:
@@ -605,17 +620,21 @@ class H2Protocol:
                 if stream is not None and not stream.reset:
                     stream.remote_ended = True
                     report = self._new.get(ev.stream_id)
-                    if report is not None and report.request.content_length is None and not stream.body_size:
+                    if (report is not None and report.request.content_length is None and not stream.body_size
+                            and stream.trailers is None):
                         report.ended = True
                         report.request.chunked = False
                     else:
-                        events.append(RequestEnded(ev.stream_id))
+                        events.append(RequestEnded(ev.stream_id, stream.trailers))
+                        stream.trailers = None
             elif kind is h2.events.TrailersReceived:
                 stream = streams.get(ev.stream_id)
                 if stream is not None and not stream.reset:
-                    if any(name[:1] == b":" for name, _ in ev.headers):
+                    trailers = _checked_trailers(ev.headers)
+                    if trailers is None:  # RFC 9113 §8.1: malformed
                         self._reset(stream, ErrorCodes.PROTOCOL_ERROR, events)
-                # trailers are not given to the app (PEP 3333 has no place for them)
+                    else:
+                        stream.trailers = trailers  # with RequestEnded; never merged into the head
             elif kind is h2.events.StreamReset:
                 stream = streams.get(ev.stream_id)
                 if stream is not None and not stream.reset:
@@ -671,7 +690,7 @@ class H2Protocol:
             return
         stream = self.streams[sid] = _Stream(sid)
         stream.remote_ended = ended
-        stream.last_input = self.clock()
+        stream.last_input = stream.started = self.clock()
         self.requests += 1
         self._idle_since = None
         if request.content_length is not None and request.content_length > self.limits.max_body_size:
@@ -724,6 +743,17 @@ class H2Protocol:
         if end_stream:
             stream.end = stream.ended = True
             self._maybe_forget(stream)
+        return True
+
+    def send_informational(self, stream_id: int, status: int, headers: list[tuple[bytes, bytes]]) -> bool:
+        """A 1xx (``103 Early Hints``) before the response head; False if it cannot go."""
+        stream = self.streams.get(stream_id)
+        if stream is None or stream.reset or stream.head_sent or self.closed:
+            return False
+        try:
+            self.conn.send_headers(stream_id, [(b":status", b"%d" % status), *headers])
+        except h2.exceptions.ProtocolError:
+            return False
         return True
 
     def send_data(self, stream_id: int, data: bytes, end_stream: bool = False) -> bool:
@@ -937,10 +967,17 @@ class H2Protocol:
         now = self.clock()
         limits = self.limits
         events: list[Event] = []
-        if limits.body_timeout:
+        timeout = limits.body_timeout
+        if timeout:
+            rate = limits.body_min_rate
             for stream in list(self.streams.values()):
-                if not stream.remote_ended and not stream.reset and now - stream.last_input >= limits.body_timeout:
-                    self._refuse(stream, 408, events)  # a request body that stopped arriving
+                if stream.remote_ended or stream.reset:
+                    continue
+                late = now - stream.last_input >= timeout  # stopped arriving
+                if rate and not late:  # or arriving slower than body_min_rate on average
+                    late = now >= stream.started + timeout + stream.body_size / rate
+                if late:
+                    self._refuse(stream, 408, events)
         if limits.window_timeout:
             for stream in list(self.streams.values()):
                 if stream.blocked_since and now - stream.blocked_since >= limits.window_timeout and not stream.reset:
