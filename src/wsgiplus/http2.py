@@ -278,7 +278,7 @@ class H2Connection(Connection, asyncio.Protocol):
             conn.proto.goaway()
         conn.flush_output()
         if data:
-            conn.data_received(data)
+            conn._receive(data)  # counted in bytes_in by the HTTP/1.1 connection already
         return conn
 
     # -- transport callbacks ---------------------------------------------------------
@@ -289,6 +289,10 @@ class H2Connection(Connection, asyncio.Protocol):
         self.flush_output()
 
     def data_received(self, data: bytes) -> None:
+        self.server.bytes_in += len(data)
+        self._receive(data)
+
+    def _receive(self, data: bytes) -> None:
         if self.closing:
             return  # lingering after a GOAWAY: dropped
         events = self.proto.receive_data(data)
@@ -429,10 +433,12 @@ class H2Connection(Connection, asyncio.Protocol):
         if transport is None or self.disconnected or self.closing:
             return  # closing: the last bytes are written (a lingering close has shut writing)
         proto = self.proto
+        server = self.server
         while not self.write_paused:
             data = proto.data_to_send()
             if not data:
                 break
+            server.bytes_out += len(data)
             transport.write(data)
         for sid in proto.pop_writable():
             stream = self.streams.get(sid)
