@@ -87,7 +87,7 @@ class H2Stream(Stream):
         self.conn = conn
         self.stream_id = stream_id
         self.request: Request | None = request
-        self.body = BodyBuffer(conn.config.body_spool_size) if request.has_body else None
+        self.body = BodyBuffer(conn.config.body_spool_size, conn.server.budget) if request.has_body else None
         self.trailers: list[tuple[bytes, bytes]] | None = None
         self.runner: Runner | None = None
         self.method = request.method

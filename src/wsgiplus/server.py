@@ -1,9 +1,11 @@
 """The asyncio side: connections, keep-alive, pipelining, timeouts, flow control, shutdown.
 
-One event loop owns every socket. A connection feeds received bytes to the
-sans-I/O parser, buffers request bodies (so a slow uploader never pins a
-thread), answers requests strictly in order, and hands each complete request
-to a ``Runner``, which drives the app on the thread pool.
+One event loop owns every socket. ``HTTPConnection`` (a ``connection.Connection``)
+feeds received bytes to the sans-I/O parser, buffers request bodies (so a slow
+uploader never pins a thread), answers requests strictly in order, and hands
+each complete request to a ``Runner`` through its ``Exchange`` - the HTTP/1.1
+``streams.Stream``, which frames the response, writes error pages and decides
+keep-alive. ``Server`` holds connections of any protocol.
 """
 
 from __future__ import annotations
@@ -18,36 +20,166 @@ import sys
 import time
 import traceback
 from collections.abc import Callable, Iterable
+from threading import Lock
 from typing import Any
 
+from . import fdlimit
 from .config import Config
-from .listeners import bind_socket, describe, socket_from_fd
+from .connection import Connection
+from .listeners import bind_socket, describe, socket_from_fd, unix_socket_file, unlink_unix_socket
 from .pool import ThreadPool
-from .protocol import Data, EndOfMessage, ProtocolError, Request, RequestParser, error_response
+from .protocol import (
+    Data,
+    EndOfMessage,
+    MemoryBudget,
+    ProtocolError,
+    Request,
+    RequestParser,
+    ResponseFramer,
+    build_response,
+    error_page,
+    error_response,
+)
 from .runner import Runner, Suspensions
-from .wsgi import BodyBuffer, build_environ, environ_template
+from .streams import NO_ENVIRON, ExchangeRecord, ResponseHead, Stream
+from .wsgi import BodyBuffer, body_time_left, early_hints_head, environ_template
 
 log = logging.getLogger("wsgiplus.error")
 
-__all__ = ["HTTPConnection", "Server", "new_event_loop"]
+__all__ = ["Connection", "Exchange", "HTTPConnection", "Server", "new_event_loop"]
 
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+_H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"  # RFC 9113 §3.4
+_SWITCHING_TO_H2C = b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: h2c\r\n\r\n"
 
 
-class Exchange:
-    """One request on a connection, from its head to the end of its response."""
+class Exchange(Stream):
+    """One HTTP/1.1 request on a connection, from its head to the end of its response.
 
-    __slots__ = ("request", "body", "complete", "runner")
+    It is the runner's ``Stream``: HTTP/1.1 framing (``build_response``,
+    ``ResponseFramer``) runs in ``start`` / ``data`` / ``end`` on the app's
+    pool thread (it needs no shared state); the framed bytes go through the
+    outbox to the transport on the loop. Error pages, keep-alive and the
+    access record are decided here and in the connection, never in the runner.
+    """
 
-    def __init__(self, request: Request, spool: int) -> None:
-        self.request = request
-        self.body = BodyBuffer(spool) if request.has_body else None
-        self.complete = False
+    __slots__ = (
+        "conn",
+        "request",
+        "body",
+        "received",
+        "runner",
+        "method",
+        "http_version",
+        "keep_alive",
+        "server_header",
+        "framer",
+        "_head",
+    )
+
+    def __init__(self, conn: HTTPConnection, request: Request, spool: int,
+                 budget: MemoryBudget | None = None) -> None:
+        # Stream.__init__, inlined (one per request): keep in step with streams.Stream
+        self.loop = conn.loop
+        self.record = ExchangeRecord(request.method, conn.remote)
+        self.consumer = None
+        self.paused = False
+        self.disconnected = False
+        self._lock = Lock()
+        self.outbox = None
+        self._out_size = 0
+        self.flush_posted = False
+        self.conn = conn
+        self.request: Request | None = request
+        self.body = BodyBuffer(spool, budget) if request.has_body else None
+        self.received = False  # the whole request (body included) has arrived
         self.runner: Runner | None = None
+        self.method = request.method
+        self.http_version = request.http_version
+        self.keep_alive = False  # set when the response starts (_start)
+        self.server_header = conn.server.server_header
+        self.framer: ResponseFramer | None = None
+        self._head: bytes | None = None  # the serialised head, sent with the first bytes
+
+    # -- pool thread (the runner's step) ----------------------------------------
+
+    def start(self, head: ResponseHead, known_length: int | None) -> bool:
+        if known_length == 0 and self.method == "HEAD":
+            known_length = None  # HEAD of an empty body: say nothing rather than guess
+        lines, self.framer = build_response(
+            self.method, self.http_version, self.keep_alive, head, None, self.server_header, known_length
+        )
+        record = self.record
+        record.status = head.status_code
+        record.response_headers = head.headers
+        self._head = lines
+        return True
+
+    def data(self, data: bytes) -> bool:
+        framed = self.framer.body(data)  # type: ignore[union-attr]
+        head = self._head
+        if head is not None:
+            self._head = None
+            framed = head + framed
+        if framed:
+            return self._push(framed, len(framed))
+        return not self.paused
+
+    def end(self) -> None:
+        framer = self.framer
+        tail = framer.end()  # type: ignore[union-attr]
+        head = self._head
+        if head is not None:
+            self._head = None
+            tail = head + tail
+        if tail:
+            self._push(tail, len(tail))
+        mismatch = framer.length_mismatch()  # type: ignore[union-attr]
+        if mismatch:
+            log.warning("response body of %s %s was %s", self.method, self.record.path, mismatch)
+
+    def informational(self, status: int, headers: list[tuple[str, str]]) -> None:
+        if status == 103 and self.http_version == "1.1":  # 1.0 clients do not expect 1xx
+            head = early_hints_head(headers)
+            self._push(head, len(head))
+            self.request_flush()
+
+    # -- loop thread ----------------------------------------------------------------
+
+    def deliver(self, items: list[Any]) -> None:
+        conn = self.conn
+        if not conn.disconnected:
+            data = items[0] if len(items) == 1 else b"".join(items)
+            conn.server.bytes_out += len(data)
+            conn.transport.write(data)  # type: ignore[union-attr]
+
+    def complete(self) -> None:
+        framer = self.framer
+        if framer is not None:
+            self.record.bytes_sent = framer.sent
+        self.conn._exchange_done(self, framer.keep_alive if framer is not None else False, False)
+
+    def error(self, status: int, reason: str = "") -> None:
+        page, size = error_page(status, reason, False, self.conn.server.server_header)
+        record = self.record
+        record.status = status
+        record.response_headers = []
+        if not self.disconnected:
+            self.conn.write(page)
+            record.bytes_sent = size
+        self.conn._exchange_done(self, False, False)
+
+    def abort(self, reason: str) -> None:
+        framer = self.framer
+        if framer is not None:
+            self.record.bytes_sent = framer.sent
+        self.conn._exchange_done(self, False, True)
 
 
-class HTTPConnection(asyncio.Protocol):
+class HTTPConnection(Connection, asyncio.Protocol):
     """HTTP/1.1 on one transport. Every method runs on the loop thread."""
+
+    protocol_name = "HTTP/1.1"
 
     __slots__ = (
         "server",
@@ -70,6 +202,7 @@ class HTTPConnection(asyncio.Protocol):
         "_on_timeout",
         "_idle",
         "_timer_kind",
+        "_sniff",
     )
 
     def __init__(self, server: Server, template: dict[str, Any]) -> None:
@@ -98,6 +231,8 @@ class HTTPConnection(asyncio.Protocol):
         self._on_timeout: Callable[[], None] | None = None
         self._timer_kind = ""
         self._idle = True  # no request in the queue: the keep-alive timer may run
+        # the first bytes, while they may still be the HTTP/2 preface (None: not looking)
+        self._sniff: bytes | None = b"" if server.config.http2 else None
 
     # -- transport callbacks --------------------------------------------------
 
@@ -115,16 +250,26 @@ class HTTPConnection(asyncio.Protocol):
             except OSError:
                 pass
         server = self.server
-        server.connections.add(self)
-        limit = config.max_connections
-        if limit is not None and len(server.connections) > limit:
-            log.warning("%d connections open (max_connections): answering 503", limit)
+        allowed = server.connection_made(self)
+        if server.stopping:  # taken from the accept queue as the server stops
+            self.draining = True
+        if not allowed:
             self._send_error(ProtocolError(503, "too many connections"))
             return
+        if self._sniff is not None:
+            ssl_object = transport.get_extra_info("ssl_object")
+            if ssl_object is not None and ssl_object.selected_alpn_protocol() == "h2":
+                from .http2 import H2Connection
+
+                H2Connection.take_over(self)  # ALPN chose HTTP/2
+                return
         self._set_timer(config.header_timeout, self._on_header_timeout)
 
     def data_received(self, data: bytes) -> None:
+        self.server.bytes_in += len(data)
         if self.pending_error is not None or self.closing:
+            return
+        if self._sniff is not None and self._sniffed(data):
             return
         if self._idle and self._deadline and self._timer_kind != "header":
             # first bytes of the next request: the head must now arrive in time
@@ -142,12 +287,35 @@ class HTTPConnection(asyncio.Protocol):
             self._handle_events(events)
         if self.receiving is not None:
             if self.receiving.body is not None:
-                self._set_timer(self.config.body_timeout, self._on_body_timeout)
+                self._set_body_timer(self.receiving.body)
         elif parser.idle and not parser.finished:
             # Between requests the parser holds nothing: hand it back (~1 KB less
             # for a long suspended request); the next bytes take one from the pool.
             self.parser = None
             self.server.give_parser(parser)
+
+    def _sniffed(self, data: bytes) -> bool:
+        """The first bytes: the HTTP/2 preface (prior knowledge) hands the transport
+        to an ``H2Connection``. True when ``data`` has been dealt with here."""
+        held = self._sniff
+        buffered = held + data if held else data
+        n = min(len(buffered), len(_H2_PREFACE))
+        if buffered[:n] != _H2_PREFACE[:n]:
+            self._sniff = None  # HTTP/1.x
+            if held:
+                self.server.bytes_in -= len(held)  # counted when they arrived
+                self.data_received(buffered)
+                return True
+            return False
+        if n < len(_H2_PREFACE):
+            self._sniff = buffered  # a prefix of the preface: wait for the rest
+            return True
+        self._sniff = None
+        from .http2 import H2Connection
+
+        self._cancel_timer()
+        H2Connection.take_over(self, buffered)
+        return True
 
     def eof_received(self) -> bool | None:
         # A client that half-closes is treated as gone (as waitress does): the
@@ -157,20 +325,27 @@ class HTTPConnection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.disconnected = True
         self._cancel_timer()
-        self.server.connections.discard(self)
-        for ex in self.queue:
-            if ex.runner is not None:
-                ex.runner.on_disconnect()
-        self.queue.clear()
-        self.server.connection_closed(self)
+        if self.parser is not None:
+            self.parser.close()  # a partial head: return its bytes to the budget
+        queue = self.queue
+        self.queue = []
+        for ex in queue:
+            ex.disconnect()  # the runner, if started, stops the app
+        self.server.connection_lost(self)
 
     def pause_writing(self) -> None:
         self.write_paused = True
+        if self.queue:
+            self.queue[0].pause()
 
     def resume_writing(self) -> None:
         self.write_paused = False
-        if self.queue and self.queue[0].runner is not None:
-            self.queue[0].runner.on_drain()
+        if self.queue:
+            self.queue[0].resume()
+
+    @property
+    def busy(self) -> bool:
+        return bool(self.queue)
 
     # -- requests -------------------------------------------------------------
 
@@ -180,7 +355,7 @@ class HTTPConnection(asyncio.Protocol):
             if kind is Data:
                 self.receiving.body.write(event.data)  # type: ignore[union-attr]
             elif kind is Request:
-                ex = Exchange(event, self.config.body_spool_size)
+                ex = Exchange(self, event, self.config.body_spool_size, self.server.budget)
                 self.receiving = ex
                 self.queue.append(ex)
                 if len(self.queue) == 1:
@@ -194,75 +369,103 @@ class HTTPConnection(asyncio.Protocol):
             elif kind is EndOfMessage:
                 ex = self.receiving  # type: ignore[assignment]
                 self.receiving = None
-                ex.complete = True
+                ex.received = True
                 if ex is self.queue[0]:
                     self._cancel_timer()
                     self._start(ex)
 
     def _begin(self, ex: Exchange) -> None:
         """``ex`` is next to be answered: ask for its body if the client waits to be asked."""
-        if ex.request.expect_continue and not ex.complete:
+        if ex.request.expect_continue and not ex.received:  # type: ignore[union-attr]
             self.transport.write(_CONTINUE)  # type: ignore[union-attr]
 
     def _start(self, ex: Exchange) -> None:
         request = ex.request
-        keep_alive = (
+        assert request is not None
+        if request.upgrade is not None and self._h2c_upgrade(ex, request):
+            return
+        ex.keep_alive = (
             request.keep_alive
             and not self.draining
             and request.upgrade is None
             and self.config.keepalive_timeout != 0  # 0: no keep-alive, as in gunicorn
         )
-        environ = build_environ(
-            self.template, request, ex.body.stream() if ex.body is not None else None, self.remote
-        )
-        environ["wsgiplus.client_disconnected"] = self.is_disconnected
-        server = self.server
-        if server.proxy_fixer is not None:
-            server.proxy_fixer(environ)
-        runner = Runner(
-            server.app,
-            environ,
-            self,
-            self.loop,
-            server.pool,
-            self._on_response_done,
+        if self.write_paused:
+            ex.pause()
+        ex.runner = self.run_exchange(
+            ex,
+            self.template,
             method=request.method,
+            target=request.target,
+            path=request.path,
+            query=request.query,
+            headers=request.headers,
             http_version=request.http_version,
-            keep_alive=keep_alive,
-            server_header=server.server_header,
-            timeout=self.config.request_timeout,
-            suspensions=server.suspensions,
+            body=ex.body.stream() if ex.body is not None else None,
+            chunked=request.chunked,
+            trailers=request.trailers,
         )
-        ex.runner = runner
         ex.request = None  # the environ has it all now; a suspended request keeps less
-        server.active += 1
-        runner.start()
+
+    def _h2c_upgrade(self, ex: Exchange, request: Request) -> bool:
+        """``Upgrade: h2c`` (RFC 7540 §3.2): answer 101 and go on in HTTP/2, the request
+        being stream 1. False (answered over HTTP/1.1) unless HTTP/2 is on, the
+        connection is plain, the request has no body, and there is exactly one valid
+        ``HTTP2-Settings``."""
+        if not self.config.http2 or request.upgrade.strip().lower() != b"h2c" or len(self.queue) > 1:  # type: ignore[union-attr]
+            return False
+        if request.has_body:
+            return False  # llhttp hands what follows the head of an upgrade over as raw bytes
+        if self.transport.get_extra_info("ssl_object") is not None:  # type: ignore[union-attr]
+            return False  # RFC 7540 §3.3: over TLS, only ALPN
+        settings = [value for name, value in request.headers if name.lower() == b"http2-settings"]
+        from .http2 import H2Connection
+        from .protocols.h2 import valid_upgrade_settings
+
+        if len(settings) != 1 or not valid_upgrade_settings(settings[0]):
+            return False
+        rest = (self.parser.upgraded_data if self.parser is not None else None) or b""
+        self.queue.clear()
+        self.receiving = None
+        self._cancel_timer()
+        self.transport.write(_SWITCHING_TO_H2C)  # type: ignore[union-attr]
+        H2Connection.take_over(self, rest, upgrade=(settings[0], request, ex.body))
+        return True
 
     def is_disconnected(self) -> bool:
-        """``environ['wsgiplus.client_disconnected']``: lets long work stop early."""
+        """True once the client has gone."""
         return self.disconnected
 
-    def _on_response_done(self, runner: Runner, keep_alive: bool, abort: bool) -> None:
-        self.server.active -= 1
+    def _exchange_done(self, ex: Exchange, keep_alive: bool, abort: bool) -> None:
+        """``ex``'s response is complete (or cut short, ``abort``): log it, go on or close."""
+        server = self.server
+        server.active -= 1
         self.requests += 1
-        self.server.access(self, runner)
+        ex.runner = None
+        record = ex.record
+        record.ended_at = time.monotonic()
+        server.access(self, record)
+        record.environ = NO_ENVIRON  # environ -> stream -> record -> environ: no cycle for the GC
         if self.disconnected:
             return
-        if self.queue and self.queue[0].runner is runner:
+        if self.queue and self.queue[0] is ex:
             del self.queue[0]
-        if abort or not keep_alive or self.closing or (self.draining and not self.queue):
+        if abort or not keep_alive or self.closing:
             self.close()
             return
         if self.queue:
             ex = self.queue[0]
             self._begin(ex)
-            if ex.complete:
+            if ex.received:
                 self._start(ex)
             elif ex.body is not None:
-                self._set_timer(self.config.body_timeout, self._on_body_timeout)
+                ex.body.restart_clock()  # its turn: the wait behind the others is not its fault
+                self._set_body_timer(ex.body)
         elif self.pending_error is not None:
             self._send_error(self.pending_error)
             return
+        elif self.draining:  # the head promised keep-alive: the client may reuse it now
+            self._drain_idle()
         else:
             self._idle = True
             self._set_timer(self.config.keepalive_timeout, self._on_keepalive_timeout, "keepalive")
@@ -273,7 +476,7 @@ class HTTPConnection(asyncio.Protocol):
     def _protocol_error(self, exc: ProtocolError) -> None:
         log.info("bad request from %s: %d %s", self.remote and self.remote[0], exc.status, exc.reason)
         ex = self.receiving
-        if ex is not None and not ex.complete:
+        if ex is not None and not ex.received:
             self.queue.remove(ex)  # half a request is never given to the app
             self.receiving = None
         if self.queue:
@@ -286,11 +489,14 @@ class HTTPConnection(asyncio.Protocol):
 
     def _send_error(self, exc: ProtocolError) -> None:
         self.pending_error = exc
-        self.transport.write(error_response(exc.status, exc.reason))  # type: ignore[union-attr]
+        if self.server.metrics is not None:
+            self.server.metrics.rejected(exc.status)
+        self.transport.write(error_response(exc.status, exc.reason, False, self.server.server_header))  # type: ignore[union-attr]
         self.close()
 
     def write(self, data: bytes) -> None:
         if not self.disconnected:
+            self.server.bytes_out += len(data)
             self.transport.write(data)  # type: ignore[union-attr]
 
     def close(self) -> None:
@@ -303,14 +509,34 @@ class HTTPConnection(asyncio.Protocol):
     def shutdown(self) -> None:
         """Graceful stop: never drop a request the client has sent.
 
-        An idle keep-alive connection is closed at once (clients know one may
-        close between requests). A new connection that has not delivered its
-        first request yet, or a request partly received, is answered first:
-        the head and body timers bound the wait, the graceful timeout the rest.
+        An idle keep-alive connection is closed after ``drain_grace`` seconds
+        of quiet (a request that arrives meanwhile is answered with
+        ``Connection: close``); so is one whose response, started with
+        keep-alive, ends during the stop. A new connection that has not
+        delivered its first request yet, or a request partly received, is
+        answered: the head and body timers bound the wait, the graceful
+        timeout the rest.
         """
         self.draining = True
+        for ex in self.queue:  # a head not sent yet says Connection: close
+            if ex.framer is None:
+                ex.keep_alive = False  # a step framing the head now reads either value: both are fine
         between_requests = self.requests > 0 and (self.parser is None or self.parser.idle)
         if not self.queue and between_requests:
+            self._drain_idle()
+
+    def _drain_idle(self) -> None:
+        """An idle keep-alive connection on a graceful stop: close it after a quiet grace.
+
+        A pooling proxy may be sending a request on it right now; closing at once
+        loses that request (nginx never retries a POST it has sent). During the
+        grace whatever arrives is answered with ``Connection: close``.
+        """
+        grace = self.config.drain_grace
+        if grace > 0 and not self.closing:
+            self._idle = True
+            self._set_timer(grace, self._on_keepalive_timeout, "keepalive")
+        else:
             self.close()
 
     # -- timers -----------------------------------------------------------------
@@ -322,6 +548,10 @@ class HTTPConnection(asyncio.Protocol):
         self._timer_kind = kind
         self._on_timeout = callback
         self._deadline = self.loop.time() + delay
+
+    def _set_body_timer(self, body: BodyBuffer) -> None:
+        config = self.config
+        self._set_timer(body_time_left(body, config.body_timeout, config.body_min_rate), self._on_body_timeout)
 
     def _cancel_timer(self) -> None:
         self._deadline = 0.0
@@ -346,7 +576,7 @@ class HTTPConnection(asyncio.Protocol):
 
     def _on_body_timeout(self) -> None:
         ex = self.receiving
-        if ex is not None and not ex.complete and ex.runner is None:
+        if ex is not None and not ex.received and ex.runner is None:
             log.info("request body timeout from %s", self.remote and self.remote[0])
             self.queue.remove(ex)
             self.receiving = None
@@ -361,7 +591,7 @@ def _ssl_context(config: Config) -> ssl.SSLContext | None:
         return None
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.load_cert_chain(config.certfile, config.keyfile, config.keyfile_password)
-    ctx.set_alpn_protocols(["http/1.1"])
+    ctx.set_alpn_protocols(["h2", "http/1.1"] if config.http2 else ["http/1.1"])
     return ctx
 
 
@@ -373,7 +603,7 @@ def _proxy_fixer(config: Config) -> Callable[[dict[str, Any]], None] | None:
     return make_proxy_fixer(config)
 
 
-def _access_logger(config: Config) -> Callable[[Runner, HTTPConnection], None] | None:
+def _access_logger(config: Config) -> Callable[[ExchangeRecord, Connection], None] | None:
     from .accesslog import AccessLogger
 
     logger = AccessLogger.from_config(config)
@@ -390,6 +620,10 @@ def new_event_loop(kind: str = "auto") -> asyncio.AbstractEventLoop:
                 raise
         else:
             return uvloop.new_event_loop()
+    if sys.platform != "win32":
+        from .fdlimit import SelectorLoop  # backs off on EMFILE instead of spinning
+
+        return SelectorLoop()
     return asyncio.new_event_loop()
 
 
@@ -400,15 +634,21 @@ class Server:
         self.app = app
         self.config = config or Config()
         self.limits = self.config.limits
+        self.budget = MemoryBudget(self.config.max_buffered_size)  # request heads and bodies
         self.server_header = b"wsgiplus" if self.config.server_header else None
         self.loop: asyncio.AbstractEventLoop = None  # type: ignore[assignment]
         self.pool: ThreadPool = None  # type: ignore[assignment]
-        self.connections: set[HTTPConnection] = set()
+        self.connections: set[Connection] = set()  # every protocol's
         self.active = 0  # requests handed to the app and not finished
         self.sockets: list[socket.socket] = []
         self._servers: list[asyncio.AbstractServer] = []
+        self._factories: list[tuple[socket.socket, Callable[[], HTTPConnection], Any]] = []
+        self.stopping = False  # a graceful stop has begun (readiness turns false)
+        self.bytes_in = 0  # received from clients, for metrics
+        self.bytes_out = 0  # sent to clients (responses; not 100 Continue or error pages)
+        self.metrics: Any = None  # a metrics.RequestStats, when metrics or statsd are on
         self._stopping: asyncio.Event | None = None
-        self._unix_paths: list[str] = []
+        self._unix_paths: list[tuple[str, tuple[int, int] | None]] = []
         self._idle_waiter: asyncio.Future | None = None
         self.started = False
         self.suspensions = Suspensions(self.config.max_suspended, self.config.suspend_timeout)
@@ -419,6 +659,8 @@ class Server:
         self._sweep_every = 1.0
         self._spare_parsers: list[RequestParser] = []
         self._warned: set[tuple[int, float]] = set()
+        self._uvloop = False
+        self.hurry = False  # stop_now() was called: no graceful wait
 
     @property
     def addresses(self) -> list[str]:
@@ -438,7 +680,7 @@ class Server:
         self.pool = ThreadPool(config.threads, affinity=config.thread_affinity)
         if sockets is None:  # ours to make, so ours to unlink at the end
             sockets = self.make_sockets()
-            self._unix_paths = [s.getsockname() for s in sockets if s.family == socket.AF_UNIX]
+            self._unix_paths = [unix_socket_file(s) for s in sockets if s.family == socket.AF_UNIX]
         self.sockets = sockets
         multiprocess = config.workers > 1
         tls = _ssl_context(config)
@@ -453,12 +695,15 @@ class Server:
             else:
                 srv = await self.loop.create_server(factory, sock=sock, backlog=config.backlog, ssl=tls)
             self._servers.append(srv)
+            self._factories.append((sock, factory, tls))
         self.started = True
         if config.blocking_warn:
             self._watchdog = self.loop.call_later(min(1.0, config.blocking_warn / 2), self._watch_pool)
-        timeouts = [t for t in (config.keepalive_timeout, config.header_timeout, config.body_timeout) if t]
+        timeouts = [t for t in (config.keepalive_timeout, config.header_timeout, config.body_timeout,
+                                config.drain_grace) if t]
         self._sweep_every = min([1.0] + [max(0.05, t / 4) for t in timeouts])
         self._sweeper = self.loop.call_later(self._sweep_every, self._sweep)
+        self._uvloop = type(self.loop).__module__.startswith("uvloop")
         for addr in self.addresses:
             log.info("WSGI+ listening on %s (%d threads, pid %d)", addr, config.threads, os.getpid())
 
@@ -474,23 +719,43 @@ class Server:
     def take_parser(self) -> RequestParser:
         """A parser at the start of a message: a spare one, else a new one."""
         spare = self._spare_parsers
-        return spare.pop() if spare else RequestParser(self.limits)
+        return spare.pop() if spare else RequestParser(self.limits, self.budget)
 
     def give_parser(self, parser: RequestParser) -> None:
         """Keep an idle parser for the next request, if it can parse another message."""
         if parser.reusable and len(self._spare_parsers) < 256:
             self._spare_parsers.append(parser)
 
-    def access(self, conn: HTTPConnection, runner: Runner) -> None:
-        """Called once per finished request: the access log line."""
+    def connection_made(self, conn: Connection) -> bool:
+        """A connection opened (any protocol); False when ``max_connections`` is exceeded
+        (it is still counted until it closes, and refuses in its own protocol's way)."""
+        connections = self.connections
+        connections.add(conn)
+        limit = self.config.max_connections
+        if limit is not None and len(connections) > limit:
+            log.warning("%d connections open (max_connections): refusing one", limit)
+            return False
+        return True
+
+    def connection_lost(self, conn: Connection) -> None:
+        """A connection closed (any protocol)."""
+        self.connections.discard(conn)
+        self.connection_closed(conn)
+
+    def access(self, conn: Connection, record: ExchangeRecord) -> None:
+        """Called once per finished exchange, on the loop: the access log line, the metrics."""
         if self.access_log is not None:
-            self.access_log(runner, conn)
+            self.access_log(record, conn)
+        if self.metrics is not None:
+            self.metrics.observe(record)
 
     def _sweep(self) -> None:
         """Fire due connection timeouts (keep-alive, head, body): one timer for all."""
         now = self.loop.time()
         for conn in tuple(self.connections):
             conn.check_timer(now)
+        if self._uvloop:  # libuv closes clients at the fd limit silently: say so
+            fdlimit.probe(f"new connections are closed at once by uvloop; {len(self.connections)} open")
         self._sweeper = self.loop.call_later(self._sweep_every, self._sweep)
 
     def _watch_pool(self) -> None:
@@ -515,7 +780,7 @@ class Server:
             self._warned.clear()
         self._watchdog = self.loop.call_later(min(1.0, threshold / 2), self._watch_pool)
 
-    def connection_closed(self, conn: HTTPConnection) -> None:
+    def connection_closed(self, conn: Connection) -> None:
         if self._idle_waiter is not None and not self.connections and not self._idle_waiter.done():
             self._idle_waiter.set_result(None)
 
@@ -525,6 +790,14 @@ class Server:
             return
         self.loop.call_soon_threadsafe(self._stopping.set)
 
+    def stop_now(self) -> None:
+        """Stop without waiting: cut every connection (a second Ctrl-C). Loop thread only."""
+        self.hurry = True
+        if self._stopping is not None:
+            self._stopping.set()
+        for conn in list(self.connections):
+            conn.abort()
+
     async def wait_stopped(self) -> None:
         assert self._stopping is not None
         await self._stopping.wait()
@@ -532,10 +805,16 @@ class Server:
     async def shutdown(self, timeout: float | None = None) -> None:
         """Stop accepting, let in-flight requests (suspended ones too) finish, then close."""
         timeout = self.config.graceful_timeout if timeout is None else timeout
+        self.stopping = True
+        queued = self._take_accept_queue()
+        if self.hurry:
+            timeout = 0.0
         for srv in self._servers:
             srv.close()
         for conn in list(self.connections):
             conn.shutdown()
+        if queued:
+            await self._adopt(queued, timeout)
         if self.connections:
             self._idle_waiter = self.loop.create_future()
             try:
@@ -543,8 +822,7 @@ class Server:
             except asyncio.TimeoutError:
                 log.warning("graceful timeout: aborting %d connection(s)", len(self.connections))
                 for conn in list(self.connections):
-                    if conn.transport is not None:
-                        conn.transport.abort()
+                    conn.abort()
                 await asyncio.sleep(0)
         for handle in (self._watchdog, self._sweeper):
             if handle is not None:
@@ -556,11 +834,52 @@ class Server:
                 pass
         # let iterables closed because of the abort finish their close() on the pool
         await self.loop.run_in_executor(None, self.pool.shutdown, 5.0)
-        for path in self._unix_paths:
+        for path, identity in self._unix_paths:
             try:
-                os.unlink(path)
+                unlink_unix_socket(path, identity)
             except OSError:
                 pass
+
+    def _take_accept_queue(self) -> list[tuple[socket.socket, Callable[[], HTTPConnection], Any]]:
+        """Accept what waits in the listen queues now, before closing them.
+
+        Closing a listening socket resets the connections the kernel has queued
+        on it; a proxy that has already sent a request on one cannot retry it.
+        Taking them first leaves a window of microseconds, not the whole drain.
+        """
+        taken = []
+        for sock, factory, tls in self._factories:
+            for _ in range(max(1, self.config.backlog)):
+                try:
+                    conn, _ = sock.accept()
+                except (BlockingIOError, InterruptedError):
+                    break
+                except OSError:
+                    break
+                conn.setblocking(False)
+                taken.append((conn, factory, tls))
+        return taken
+
+    async def _adopt(self, queued: list[tuple[socket.socket, Callable[[], HTTPConnection], Any]],
+                     timeout: float) -> None:
+        """Serve the connections ``_take_accept_queue`` took (a quick stop just closes them)."""
+        if timeout <= 0:
+            for sock, _, _ in queued:
+                sock.close()
+            return
+        handshake = min(timeout, self.config.header_timeout or timeout)
+        tasks = []
+        for sock, factory, tls in queued:
+            extra = {"ssl": tls, "ssl_handshake_timeout": handshake} if tls is not None else {}
+            tasks.append(self.loop.create_task(self.loop.connect_accepted_socket(factory, sock, **extra)))
+        done, pending = await asyncio.wait(tasks, timeout=handshake + 1)
+        for task in pending:
+            task.cancel()
+        for (sock, _, _), task in zip(queued, tasks, strict=True):
+            if task in pending or task.cancelled() or task.exception() is not None:
+                if task in done and not task.cancelled():
+                    log.info("a connection accepted while stopping failed: %s", task.exception())
+                sock.close()
 
     async def serve(self, sockets: list[socket.socket] | None = None) -> None:
         """Start, serve until ``request_stop()`` (or SIGTERM/SIGINT), then shut down."""
@@ -573,9 +892,15 @@ class Server:
     def _install_signals(self) -> None:
         if sys.platform == "win32":
             return
+        def on_signal() -> None:  # the first: graceful; a second one: stop now
+            if self._stopping is not None and self._stopping.is_set():
+                self.stop_now()
+            else:
+                self.request_stop()
+
         for sig in (signal.SIGTERM, signal.SIGINT):
             try:
-                self.loop.add_signal_handler(sig, self.request_stop)
+                self.loop.add_signal_handler(sig, on_signal)
             except (RuntimeError, ValueError):  # not the main thread
                 return
 
