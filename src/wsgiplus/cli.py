@@ -275,11 +275,22 @@ def _spellings(p: argparse.ArgumentParser) -> None:
     _alias(g, "--ssl-keyfile-password", field="keyfile_password")
     _alias(g, "--access-logformat", field="access_log_format")
     _alias(g, "--log-file", field="error_logfile")
+    _alias(g, "--http2-max-concurrent-streams", field="h2_max_concurrent_streams")
+    _alias(g, "--http2-initial-window-size", field="h2_initial_window_size")
+    _alias(g, "--http2-max-header-list-size", field="h2_max_header_list_size")
+    g.add_argument("--http-protocols", dest="http2", type=_http_protocols, metavar="LIST",
+                   help="gunicorn's h2,h1 / h1: = --http2 / --no-http2")
     for flags, why in REFUSED:
         g.add_argument(*flags, action=_Refuse, nargs="?", why=why, help=argparse.SUPPRESS)
     g.add_argument("--timeout", dest="gunicorn_timeout", metavar="SECONDS",
                    help="gunicorn's worker timeout: ignored, with a warning (a slow or suspended request "
                         "never gets a worker killed; see --request-timeout and --blocking-warn)")
+
+
+def _http_protocols(text: str) -> bool:
+    from .gunicornconf import http2_wanted
+
+    return http2_wanted(text)
 
 
 def _remaining_fields(p: argparse.ArgumentParser) -> None:

@@ -38,6 +38,7 @@ from typing import Any
 from gunicorn.workers import base
 
 from .config import Config
+from .gunicornconf import http2_wanted
 from .server import new_event_loop
 from .supervisor import WorkerServer
 
@@ -158,10 +159,10 @@ class Worker(base.Worker):
             chdir=None,
             log_config=None,
         )
-        protocols = [str(p).strip().lower() for p in getattr(cfg, "http_protocols", None) or []]
+        protocols = getattr(cfg, "http_protocols", None)
         if protocols:  # gunicorn >= 25 says whether HTTP/2 is wanted (its default, h1: no)
             values.update(
-                http2="h2" in protocols,
+                http2=http2_wanted(protocols),
                 h2_max_concurrent_streams=cfg.http2_max_concurrent_streams,
                 h2_initial_window_size=max(1024, cfg.http2_initial_window_size),
                 h2_max_header_list_size=max(1024, cfg.http2_max_header_list_size),
