@@ -1,0 +1,6 @@
+"""Sans-I/O protocol state machines: bytes in, events out, bytes to send.
+
+Nothing in this package touches a socket, a thread or an event loop. ``h2``
+is HTTP/2 (RFC 9113) on the ``h2`` library, with the server's limits and its
+defences against the published HTTP/2 attacks.
+"""
