@@ -185,6 +185,8 @@ def test_gunicorn_accesslog_none_turns_the_access_log_off(tmp_path: Path) -> Non
     values, _ = translate({"http_protocols": ["h1"], "http2_max_concurrent_streams": 50})
     assert values == {"http2": False, "h2_max_concurrent_streams": 50}
     assert translate({"http_protocols": "h2, h1"})[0] == {"http2": True}
+    assert translate({"sendfile": False})[0] == {"sendfile": False}
+    assert translate({"sendfile": None})[0] == {"sendfile": True}  # gunicorn's default: on
 
 
 def test_the_migration_page_tells_the_truth_about_flags() -> None:

@@ -320,3 +320,23 @@ def test_gunicorn_serves_http2_when_its_settings_say_so(spawn, app_dir) -> None:
     client.close()
     assert {client.responses[s].status for s in sids} == {200}
     assert all(client.responses[s].body.startswith(b"released with 20") for s in sids)
+
+
+def test_gunicorn_sendfile_setting_maps_to_wsgiplus_config() -> None:
+    from gunicorn.config import Config as GunicornConfig
+    from gunicorn.glogging import Logger
+
+    from wsgiplus.gunicorn import Worker
+
+    def config(**settings: Any) -> Any:
+        cfg = GunicornConfig()
+        for name, value in settings.items():
+            cfg.set(name, value)
+        worker = Worker(1, 1, [], None, 15, cfg, Logger(cfg))
+        try:
+            return worker.wsgiplus_config()
+        finally:
+            worker.tmp.close()
+
+    assert config().sendfile is True  # gunicorn's default: sendfile on
+    assert config(sendfile=False).sendfile is False  # --no-sendfile

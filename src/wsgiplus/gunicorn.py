@@ -158,6 +158,7 @@ class Worker(base.Worker):
             pidfile=None,
             chdir=None,
             log_config=None,
+            sendfile=cfg.sendfile is not False,  # gunicorn's --no-sendfile: None (its default) is on
         )
         protocols = getattr(cfg, "http_protocols", None)
         if protocols:  # gunicorn >= 25 says whether HTTP/2 is wanted (its default, h1: no)
