@@ -203,6 +203,7 @@ _QUOTED = rb'"(?:[\t \x21\x23-\x5b\x5d-\x7e\x80-\xff]|\\[\t \x20-\x7e\x80-\xff])
 _CHUNK_LINE = re.compile(
     rb"([0-9A-Fa-f]+)(?:[ \t]*;[ \t]*" + _TOKEN + rb"(?:[ \t]*=[ \t]*(?:" + _TOKEN + rb"|" + _QUOTED + rb"))?)*\r\n"
 )
+_HEXDIGITS = b"0123456789abcdefABCDEF"
 _MAX_CHUNK_LINE = 4096  # a size line with its extensions, CRLF included
 # a run of OWS holding an HTAB just before a CR: trailing OWS, made SP for llhttp
 # (which refuses "Transfer-Encoding: chunked<HTAB>"); same length, so no offset moves
@@ -333,7 +334,8 @@ class RequestParser:
         pos = 0
         end = len(buf)
         mode = self._mode
-        out: list = []  # canonical chunked bytes for llhttp, fed once per buffer
+        view = memoryview(buf)  # body slices without copies
+        out: list = []  # the chunked bytes for llhttp, fed once per buffer or message
         while pos < end:
             if mode == _HEAD:
                 tail = self._tail
@@ -390,22 +392,38 @@ class RequestParser:
                     self._remaining = request.content_length or 0
             elif mode == _LENGTH:
                 n = min(self._remaining, end - pos)
-                parser.feed_data(buf[pos : pos + n] if pos or n < end else buf)
+                parser.feed_data(view[pos : pos + n] if pos or n < end else buf)
                 pos += n
                 self._remaining -= n
                 if self._in_message != (self._remaining > 0):
                     raise ProtocolError(400, "request framing disagreement (length)")
                 if not self._remaining:
                     mode = _HEAD
-            elif mode == _CHUNK_DATA:
-                n = min(self._remaining, end - pos)
-                out.append(buf[pos : pos + n] if pos or n < end else buf)
+            else:  # a chunked body: checked here, passed on as it is but for extended size lines
+                pos, mode = self._chunked(buf, view, pos, mode, out)
+        self._mode = mode
+        if out:
+            self._flush(out, False)
+
+    def _chunked(self, buf: bytes, view: memoryview, pos: int, mode: int, out: list) -> tuple[int, int]:
+        """Decode chunked framing from ``pos``; return where it stopped (the message's end or
+        the buffer's) and the mode. The bytes go to ``out`` as they are, except a size line
+        with extensions, which becomes ``HEX CRLF``; at the message's end, llhttp is fed."""
+        end = len(buf)
+        seg = pos  # start of the bytes passed on as they are
+        while pos < end:
+            if mode == _CHUNK_DATA:
+                n = self._remaining
+                if n > end - pos:
+                    self._expected += end - pos
+                    self._remaining = n - (end - pos)
+                    pos = end
+                    break
                 pos += n
                 self._expected += n
-                self._remaining -= n
-                if not self._remaining:
-                    mode = _CHUNK_CRLF
-                    self._crlf = 0
+                self._remaining = 0
+                mode = _CHUNK_CRLF
+                self._crlf = 0
             elif mode == _CHUNK_SIZE:
                 line = self._line
                 nl = buf.find(b"\n", pos, pos + _MAX_CHUNK_LINE - len(line))
@@ -413,28 +431,48 @@ class RequestParser:
                     if len(line) + end - pos >= _MAX_CHUNK_LINE:
                         raise ProtocolError(400, "chunk size line too long")
                     self._line = line + buf[pos:]
-                    pos = end
-                    continue
-                line = line + buf[pos : nl + 1] if line else buf[pos : nl + 1]
-                pos = nl + 1
-                self._line = b""
-                match = _CHUNK_LINE.fullmatch(line)
-                if match is None:
-                    raise ProtocolError(400, "invalid chunk size line")
-                size = int(match.group(1), 16)
+                    if seg < pos:
+                        out.append(view[seg:pos])
+                    return end, mode  # the partial line is held, not passed on yet
+                if line:  # a line cut by the previous feed: passed on rebuilt
+                    line += buf[pos : nl + 1]
+                    self._line = b""
+                    if seg < pos:
+                        out.append(view[seg:pos])
+                    seg = -1
+                else:
+                    line = buf[pos : nl + 1]
+                if line[-2:] == b"\r\n" and len(line) > 2 and not line[:-2].strip(_HEXDIGITS):
+                    digits = len(line) - 2  # the usual line: HEX CRLF
+                else:
+                    match = _CHUNK_LINE.fullmatch(line)
+                    if match is None:
+                        raise ProtocolError(400, "invalid chunk size line")
+                    digits = match.end(1)
+                size = int(line[:digits], 16)
                 if size > self.limits.max_body_size - self._expected:
                     raise ProtocolError(413, "request body too large")
-                if size:
+                if seg < 0 or digits + 2 != len(line):  # cut, or with extensions: canonical
+                    if 0 <= seg < pos:
+                        out.append(view[seg:pos])
                     out.append(b"%x\r\n" % size)
+                    seg = nl + 1
+                pos = nl + 1
+                if size and pos + size + 2 <= end:  # the whole chunk is here: no state to keep
+                    if not buf.startswith(b"\r\n", pos + size):
+                        raise ProtocolError(400, "chunk data not followed by CRLF")
+                    pos += size + 2
+                    self._expected += size
+                    continue
+                if size:
                     mode = _CHUNK_DATA
                     self._remaining = size
                 else:
-                    out.append(b"0\r\n")
                     mode = _TRAILERS
                     self._tail = b"\r\n"  # the last chunk's CRLF: CRLF CRLF ends the section
                     self._trailer_bytes = 0
             elif mode == _CHUNK_CRLF:
-                if not self._crlf and buf[pos : pos + 2] == b"\r\n":
+                if not self._crlf and buf.startswith(b"\r\n", pos):
                     pos += 2
                 else:
                     if buf[pos] != (13 if not self._crlf else 10):
@@ -443,7 +481,6 @@ class RequestParser:
                     self._crlf += 1
                     if self._crlf < 2:
                         continue
-                out.append(b"\r\n")
                 mode = _CHUNK_SIZE
             else:  # _TRAILERS: passed as they are; llhttp parses them (on_header)
                 tail = self._tail
@@ -459,17 +496,18 @@ class RequestParser:
                 self._trailer_bytes += stop - pos
                 if self._trailer_bytes > self.limits.max_head_bytes:
                     raise ProtocolError(431, "trailer section too large")
-                out.append(buf[pos:stop])
                 self._tail = (tail + buf[max(pos, stop - 3) : stop])[-3:]
                 pos = stop
                 if cut >= 0:
-                    self._mode = mode = _HEAD
+                    out.append(view[seg:pos] if seg or pos < end else buf)
+                    self._mode = _HEAD
                     self._tail = b""
                     self._flush(out, True)
-                    out = []
-        self._mode = mode
-        if out:
-            self._flush(out, False)
+                    out.clear()
+                    return pos, _HEAD
+        if seg < pos:
+            out.append(view[seg:pos] if seg or pos < end else buf)
+        return pos, mode
 
     def _flush(self, out: list, done: bool) -> None:
         """Feed llhttp the canonical chunked bytes; its body count and end must be ours."""
