@@ -10,9 +10,9 @@ llhttp leaves to the server (Host, HTTP/1.0 + Transfer-Encoding, limits).
 The parser also frames every message itself and hands llhttp exactly one
 head, one Content-Length body or one chunked body at a time: a chunked body is
 decoded here (RFC 9112 7.1: size line and chunk extensions validated, then
-dropped) and llhttp is fed the same chunks in canonical form (``HEX CRLF``, no
-extensions), so llhttp and WSGI+ cannot disagree on where a message ends
-(both counts are compared after each piece).
+dropped: a size line with extensions reaches llhttp as ``HEX CRLF``, the rest
+as it is), so llhttp and WSGI+ cannot disagree on where a message ends (both
+views are compared after each piece).
 """
 
 from __future__ import annotations
