@@ -334,7 +334,7 @@ class RequestParser:
         pos = 0
         end = len(buf)
         mode = self._mode
-        view = memoryview(buf)  # body slices without copies
+        view: memoryview | None = None  # body slices without copies, made when needed
         out: list = []  # the chunked bytes for llhttp, fed once per buffer or message
         while pos < end:
             if mode == _HEAD:
@@ -391,6 +391,8 @@ class RequestParser:
                     mode = _LENGTH
                     self._remaining = request.content_length or 0
             elif mode == _LENGTH:
+                if view is None:
+                    view = memoryview(buf)
                 n = min(self._remaining, end - pos)
                 parser.feed_data(view[pos : pos + n] if pos or n < end else buf)
                 pos += n
@@ -400,6 +402,8 @@ class RequestParser:
                 if not self._remaining:
                     mode = _HEAD
             else:  # a chunked body: checked here, passed on as it is but for extended size lines
+                if view is None:
+                    view = memoryview(buf)
                 pos, mode = self._chunked(buf, view, pos, mode, out)
         self._mode = mode
         if out:
