@@ -365,3 +365,25 @@ def test_a_chunked_upload_in_many_pieces_over_a_socket(serve: Any) -> None:
         raw = read_until_close(sock, 10)
     [(status, _, got)] = parse_responses(raw)
     assert status == 200 and got == body
+
+
+@pytest.mark.parametrize(("te_lines", "status"), [
+    (b"Transfer-Encoding: gzip, chunked\r\n", 501),
+    (b"Transfer-Encoding: deflate,chunked\r\n", 501),
+    (b"Transfer-Encoding: gzip\r\nTransfer-Encoding: chunked\r\n", 501),  # two fields are one list
+    (b"Transfer-Encoding: chunked, chunked\r\n", 400),
+])
+def test_a_transfer_coding_the_server_does_not_decode_is_refused(te_lines: bytes, status: int) -> None:
+    """RFC 9112 6.1: never hand the app a body still in a coding it was not told about."""
+    head = b"POST /up HTTP/1.1\r\nHost: h\r\n" + te_lines + b"\r\n"
+    error = refused(head + b"3\r\nabc\r\n0\r\n\r\n" + NEXT)
+    assert error.status == status
+    assert not any(isinstance(e, Request) for e in error.events)
+
+
+def test_gzip_chunked_is_a_501_over_a_socket(serve: Any) -> None:
+    server = serve(echo_app)
+    raw = raw_exchange(server.port, b"POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: gzip, chunked\r\n\r\n"
+                       b"3\r\nabc\r\n0\r\n\r\n" + NEXT)
+    assert raw.startswith(b"HTTP/1.1 501 "), raw[:80]
+    assert b"Connection: close" in raw and b"/next" not in raw

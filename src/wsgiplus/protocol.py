@@ -574,6 +574,7 @@ class RequestParser:
         self._check_protocol_name()
         content_length = None
         chunked = False
+        codings: list[bytes] = []
         expect_continue = False
         upgrade = None
         hosts = 0
@@ -588,7 +589,8 @@ class RequestParser:
             elif lname == b"transfer-encoding":
                 if version == "1.0":
                     raise ProtocolError(400, "Transfer-Encoding in an HTTP/1.0 request")
-                chunked = True  # llhttp refuses any coding but a final 'chunked'
+                # several fields are one list (RFC 9110 5.3): judged after the loop
+                codings += [c.strip().lower() for c in value.split(b",")]
             elif lname == b"expect":
                 if value.strip().lower() == b"100-continue":
                     expect_continue = version == "1.1"
@@ -596,6 +598,14 @@ class RequestParser:
                     raise ProtocolError(417, "unsupported expectation")
             elif lname == b"upgrade":
                 upgrade = value
+        if codings:
+            if codings[-1] != b"chunked" or codings.count(b"chunked") > 1:
+                # RFC 9112 6.3: chunked not last (or twice): the body length is unknowable
+                raise ProtocolError(400, "chunked must be the final transfer coding, once")
+            if len(codings) > 1:
+                # the server decodes no other coding: never pass a still-encoded body on (6.1)
+                raise ProtocolError(501, "unsupported transfer coding")
+            chunked = True
         if hosts > 1 or (hosts == 0 and version == "1.1"):
             raise ProtocolError(400, "an HTTP/1.1 request needs exactly one Host header")
         limit = self.limits.max_body_size
