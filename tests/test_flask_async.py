@@ -84,6 +84,11 @@ def test_upstream_failure_becomes_a_502_from_the_apps_error_handler(flask_server
     assert r.headers["X-After"].endswith(" 502")
 
 
+def test_the_session_set_after_an_await_is_saved(flask_server: Any) -> None:
+    with httpx.Client(base_url=flask_server.url, timeout=30) as c:
+        assert [c.get("/async/session").json()["visits"] for _ in range(3)] == [1, 2, 3]
+
+
 def test_unhandled_error_after_await_goes_to_the_500_handler_and_teardown(flask_server: Any) -> None:
     log_start = len(flask_server.log)
     r = get(flask_server, "/async/boom", rid="boom")

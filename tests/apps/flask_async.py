@@ -17,13 +17,14 @@ from collections import Counter
 from typing import Any
 
 import httpx
-from flask import Flask, abort, current_app, g, jsonify, request
+from flask import Flask, abort, current_app, g, jsonify, request, session
 from flask.views import MethodView
 
 from wsgiplus import bridge
 from wsgiplus.contrib.flask import WSGIPlus, suspending_view
 
 app = Flask(__name__)
+app.secret_key = "test only"
 WSGIPlus(app)
 
 _client: httpx.AsyncClient | None = None
@@ -121,6 +122,13 @@ class ItemView(MethodView):
 
 
 app.add_url_rule("/mv/item/<name>", view_func=ItemView.as_view("mv_item"))
+
+
+@app.get("/async/session")
+async def async_session() -> Any:
+    await asyncio.sleep(0)
+    session["visits"] = session.get("visits", 0) + 1  # saved by Flask after the view, as usual
+    return {"visits": session["visits"]}
 
 
 @app.get("/async/boom")
