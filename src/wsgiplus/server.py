@@ -122,6 +122,8 @@ class HTTPConnection(asyncio.Protocol):
             self._send_error(ProtocolError(503, "too many connections"))
             return
         self._set_timer(config.header_timeout, self._on_header_timeout)
+        if server.shutting_down:  # accepted just before the listeners closed: answer, then close
+            self.shutdown()
 
     def data_received(self, data: bytes) -> None:
         if self.pending_error is not None or self.closing:
@@ -393,6 +395,11 @@ def new_event_loop(kind: str = "auto") -> asyncio.AbstractEventLoop:
     return asyncio.new_event_loop()
 
 
+# Loop iterations between accepting a socket and the protocol's connection_made (asyncio: 2,
+# uvloop: 1), with one to spare.
+_ACCEPT_HOPS = 3
+
+
 class Server:
     """Serves one WSGI app on a set of listening sockets from one event loop."""
 
@@ -410,6 +417,7 @@ class Server:
         self._stopping: asyncio.Event | None = None
         self._unix_paths: list[str] = []
         self._idle_waiter: asyncio.Future | None = None
+        self.shutting_down = False  # shutdown() began: connections made from now on drain at once
         self.started = False
         self.suspensions = Suspensions(self.config.max_suspended, self.config.suspend_timeout)
         self.proxy_fixer = _proxy_fixer(self.config)
@@ -532,20 +540,33 @@ class Server:
     async def shutdown(self, timeout: float | None = None) -> None:
         """Stop accepting, let in-flight requests (suspended ones too) finish, then close."""
         timeout = self.config.graceful_timeout if timeout is None else timeout
+        deadline = self.loop.time() + timeout
+        self.shutting_down = True
         for srv in self._servers:
             srv.close()
         for conn in list(self.connections):
             conn.shutdown()
-        if self.connections:
+        while True:
+            if not self.connections:
+                # A connection the loop accepted just before the listeners closed reaches
+                # connection_made a few callbacks later (asyncio: accept, then a task, then
+                # call_soon): let it arrive - it gets shutdown() there - rather than exit
+                # under it (the client would see the connection closed without a response).
+                for _ in range(_ACCEPT_HOPS):
+                    await asyncio.sleep(0)
+                if not self.connections:
+                    break
             self._idle_waiter = self.loop.create_future()
             try:
-                await asyncio.wait_for(asyncio.shield(self._idle_waiter), timeout)
+                await asyncio.wait_for(asyncio.shield(self._idle_waiter),
+                                       max(0.0, deadline - self.loop.time()))
             except asyncio.TimeoutError:
                 log.warning("graceful timeout: aborting %d connection(s)", len(self.connections))
                 for conn in list(self.connections):
                     if conn.transport is not None:
                         conn.transport.abort()
                 await asyncio.sleep(0)
+                break
         for handle in (self._watchdog, self._sweeper):
             if handle is not None:
                 handle.cancel()
