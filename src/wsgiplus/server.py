@@ -767,6 +767,11 @@ def new_event_loop(kind: str = "auto") -> asyncio.AbstractEventLoop:
     return asyncio.new_event_loop()
 
 
+# Loop iterations between accepting a socket and the protocol's connection_made (asyncio: 2,
+# uvloop: 1), with one to spare.
+_ACCEPT_HOPS = 3
+
+
 class Server:
     """Serves one WSGI app on a set of listening sockets from one event loop."""
 
@@ -956,21 +961,33 @@ class Server:
         queued = self._take_accept_queue()
         if self.hurry:
             timeout = 0.0
+        deadline = self.loop.time() + timeout
         for srv in self._servers:
             srv.close()
         for conn in list(self.connections):
             conn.shutdown()
         if queued:
             await self._adopt(queued, timeout)
-        if self.connections:
+        while True:
+            if not self.connections:
+                # A connection the loop accepted just before the listeners closed reaches
+                # connection_made a few callbacks later (asyncio: accept, then a task, then
+                # call_soon): let it arrive - it gets shutdown() there - rather than exit
+                # under it (the client would see the connection closed without a response).
+                for _ in range(_ACCEPT_HOPS):
+                    await asyncio.sleep(0)
+                if not self.connections:
+                    break
             self._idle_waiter = self.loop.create_future()
             try:
-                await asyncio.wait_for(asyncio.shield(self._idle_waiter), timeout)
+                await asyncio.wait_for(asyncio.shield(self._idle_waiter),
+                                       max(0.0, deadline - self.loop.time()))
             except asyncio.TimeoutError:
                 log.warning("graceful timeout: aborting %d connection(s)", len(self.connections))
                 for conn in list(self.connections):
                     conn.abort()
                 await asyncio.sleep(0)
+                break
         for handle in (self._watchdog, self._sweeper):
             if handle is not None:
                 handle.cancel()
