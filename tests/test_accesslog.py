@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 from test_supervisor import spawn  # noqa: F401 (a fixture)
 
-from wsgiplus.accesslog import COMBINED, COMMON, AccessLogger, resolve_format
+from wsgiplus.shell.accesslog import COMBINED, COMMON, AccessLogger, resolve_format
 
 
 class ListHandler(logging.Handler):
@@ -198,7 +198,7 @@ class _NoRunLoop:
 
 
 def _record(i: int) -> Any:
-    from wsgiplus.streams import ExchangeRecord
+    from wsgiplus.server.streams import ExchangeRecord
 
     rec = ExchangeRecord("GET", ("127.0.0.1", 1))
     rec.environ = {"REMOTE_ADDR": "127.0.0.1", "HTTP_USER_AGENT": "ua", "HTTP_REFERER": "http://r/"}
@@ -225,8 +225,8 @@ def our_logging() -> Iterator[None]:
 
 
 def _our_access_logger(tmp_path: Path, **config: Any) -> tuple[AccessLogger, Path]:
-    from wsgiplus.config import Config
-    from wsgiplus.logconfig import setup_logging
+    from wsgiplus.shell.config import Config
+    from wsgiplus.shell.logconfig import setup_logging
 
     target = tmp_path / "a.log"
     cfg = Config(access_log=True, access_logfile=str(target), **config)
@@ -276,7 +276,7 @@ def test_logging_shutdown_writes_a_pending_batch(tmp_path: Path, our_logging: No
 
 def test_compiled_format_matches_the_atoms_mapping() -> None:
     """The compiled text format gives what ``fmt % Atoms(record)`` gives, atom for atom."""
-    from wsgiplus.accesslog import _ATOMS, Atoms, compile_format
+    from wsgiplus.shell.accesslog import _ATOMS, Atoms, compile_format
 
     fmt = " ".join(f"{k}=%({k})s" for k in _ATOMS if k not in ("t",)) + \
         " %(B)d %% %({user-agent}i)s %({x}o)s %({REMOTE_ADDR}e)s %(nope)s"

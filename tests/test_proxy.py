@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
-from wsgiplus.config import Config
-from wsgiplus.proxy import TrustedPeers, fix_environ, make_proxy_fixer, parse_forwarded
+from wsgiplus.server.proxy import TrustedPeers, fix_environ, make_proxy_fixer, parse_forwarded
+from wsgiplus.shell.config import Config
 
 
 def env(peer: str = "10.0.0.1", **headers: str) -> dict[str, Any]:
@@ -158,7 +158,7 @@ def test_real_server_without_proxy_headers_ignores_them(serve) -> None:
 
 
 def test_trusted_peers_remember_their_answers_and_stay_bounded() -> None:
-    from wsgiplus.proxy import TrustedPeers
+    from wsgiplus.server.proxy import TrustedPeers
 
     peers = TrustedPeers("127.0.0.1,10.0.0.0/8")
     for _ in range(2):  # the second round is answered from the cache: the same answers

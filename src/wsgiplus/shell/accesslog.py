@@ -60,7 +60,7 @@ class _Probe(Mapping[str, Any]):
 class Atoms(Mapping[str, Any]):
     """The atoms of one finished exchange, computed on first use; unknown atoms are ``-``.
 
-    ``record`` is the exchange's ``wsgiplus.streams.ExchangeRecord``.
+    ``record`` is the exchange's ``wsgiplus.server.streams.ExchangeRecord``.
     """
 
     def __init__(self, record: Any, now: float | None = None) -> None:
@@ -342,7 +342,7 @@ class AccessLogger:
                 and not handlers[0].filters and not logger.filters and not logger.propagate)
 
     def log(self, record: Any, conn: Any = None) -> None:
-        """One finished exchange (``record`` is a ``wsgiplus.streams.ExchangeRecord``)."""
+        """One finished exchange (``record`` is a ``wsgiplus.server.streams.ExchangeRecord``)."""
         logger = self.logger
         if not logger.isEnabledFor(logging.INFO):
             return
