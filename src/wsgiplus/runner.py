@@ -78,6 +78,14 @@ _STOP_STATUS = {
 }
 
 
+class _TakenFramer(ResponseFramer):
+    __slots__ = ()
+
+    def body(self, data: bytes) -> bytes:
+        raise RuntimeError("the connection was handed over (WebSocket accept): "
+                           "the app may yield futures, not bytes")
+
+
 class Suspensions:
     """Counts suspended requests (loop thread only) against an optional limit."""
 
@@ -260,6 +268,30 @@ class Runner:
             self._finish(False, True)
         else:  # _STOPPED
             self._stopped(arg)
+
+    # -- a connection handed over (WebSocket accept) -----------------------
+
+    def take_over(self, status_code: int) -> None:
+        """The connection now speaks another protocol: send no HTTP response.
+
+        Called on the app's pool thread by ``accept()`` (or on the loop for a
+        refusal); the access log shows ``status_code``.
+        """
+        self.status = f"{status_code} Switching Protocols" if status_code == 101 else f"{status_code} Refused"
+        self.head_sent = True
+        self.framer = _TakenFramer(status_code, True, False)
+
+    def as_websocket(self, suspensions: Suspensions) -> None:
+        """Loop thread: waits now count against ``suspensions`` and no request deadline applies."""
+        self.suspensions = suspensions
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def stop_if_suspended(self, reason: str) -> None:
+        """Stop the app if it is parked (on a future that no one may complete now)."""
+        if self.state in (_SUSPENDED, _DRAINING, _PAUSED):
+            self._stop(reason)
 
     def _watch(self, fut: Any) -> None:
         """Wake the request when ``fut`` is done, whoever completes it and on whatever thread."""

@@ -9,6 +9,7 @@ to a ``Runner``, which drives the app on the thread pool.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 import signal
@@ -25,6 +26,7 @@ from .listeners import bind_socket, describe, socket_from_fd
 from .pool import ThreadPool
 from .protocol import Data, EndOfMessage, ProtocolError, Request, RequestParser, error_response
 from .runner import Runner, Suspensions
+from .websocket import websocket_request
 from .wsgi import BodyBuffer, build_environ, environ_template
 
 log = logging.getLogger("wsgiplus.error")
@@ -70,6 +72,8 @@ class HTTPConnection(asyncio.Protocol):
         "_on_timeout",
         "_idle",
         "_timer_kind",
+        "upgrade_buffer",
+        "upgraded",
     )
 
     def __init__(self, server: Server, template: dict[str, Any]) -> None:
@@ -98,6 +102,8 @@ class HTTPConnection(asyncio.Protocol):
         self._on_timeout: Callable[[], None] | None = None
         self._timer_kind = ""
         self._idle = True  # no request in the queue: the keep-alive timer may run
+        self.upgrade_buffer: bytes | None = None  # bytes after an Upgrade request's head
+        self.upgraded: Any = None  # the WebSocketConnection the transport was handed to
 
     # -- transport callbacks --------------------------------------------------
 
@@ -126,6 +132,9 @@ class HTTPConnection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self.pending_error is not None or self.closing:
             return
+        if self.upgrade_buffer is not None:
+            self._stash_upgraded(data)
+            return
         if self._idle and self._deadline and self._timer_kind != "header":
             # first bytes of the next request: the head must now arrive in time
             self._set_timer(self.config.header_timeout, self._on_header_timeout)
@@ -140,6 +149,11 @@ class HTTPConnection(asyncio.Protocol):
             return
         if events:
             self._handle_events(events)
+        if parser.upgraded_data is not None and self.upgrade_buffer is None and self.queue:
+            # an Upgrade request: what follows its head is not HTTP; keep it for
+            # the protocol the app may switch to (bounded: reading pauses)
+            self.upgrade_buffer = b""
+            self._stash_upgraded(parser.upgraded_data)
         if self.receiving is not None:
             if self.receiving.body is not None:
                 self._set_timer(self.config.body_timeout, self._on_body_timeout)
@@ -148,6 +162,12 @@ class HTTPConnection(asyncio.Protocol):
             # for a long suspended request); the next bytes take one from the pool.
             self.parser = None
             self.server.give_parser(parser)
+
+    def _stash_upgraded(self, data: bytes) -> None:
+        self.upgrade_buffer = (self.upgrade_buffer or b"") + data
+        if len(self.upgrade_buffer) > 65536 and not self.reading_paused:
+            self.reading_paused = True
+            self.transport.pause_reading()  # type: ignore[union-attr]
 
     def eof_received(self) -> bool | None:
         # A client that half-closes is treated as gone (as waitress does): the
@@ -217,6 +237,9 @@ class HTTPConnection(asyncio.Protocol):
         )
         environ["wsgiplus.client_disconnected"] = self.is_disconnected
         server = self.server
+        upgrade = None
+        if request.upgrade is not None:
+            upgrade = websocket_request(environ, server)
         if server.proxy_fixer is not None:
             server.proxy_fixer(environ)
         runner = Runner(
@@ -234,6 +257,8 @@ class HTTPConnection(asyncio.Protocol):
             suspensions=server.suspensions,
         )
         ex.runner = runner
+        if upgrade is not None:
+            upgrade._upgrade = functools.partial(self._upgrade_to_websocket, runner)
         ex.request = None  # the environ has it all now; a suspended request keeps less
         server.active += 1
         runner.start()
@@ -242,7 +267,76 @@ class HTTPConnection(asyncio.Protocol):
         """``environ['wsgiplus.client_disconnected']``: lets long work stop early."""
         return self.disconnected
 
+    # -- the WebSocket hand-over ---------------------------------------------
+
+    def _upgrade_to_websocket(self, runner: Runner, head: bytes, proto: Any, ws: Any) -> None:
+        """``accept()``, on the app's pool thread: the runner sends no HTTP response now.
+
+        The connection object is made here so the app can use the socket at once:
+        its calls are posted to the loop after the switch below.
+        """
+        from .websocket import WebSocketConnection
+
+        config = self.config
+        conn = WebSocketConnection(
+            proto, ws, self.loop,
+            write_buffer_high=config.write_buffer_high,
+            ping_interval=config.ws_ping_interval,
+            ping_timeout=config.ws_ping_timeout,
+            idle_timeout=config.ws_idle_timeout,
+            timeout=config.ws_timeout,
+            on_end=functools.partial(self._websocket_ended, runner),
+            on_lost=functools.partial(self._websocket_lost, runner),
+        )
+        runner.take_over(101)
+        self.loop.call_soon_threadsafe(self._switch_to_websocket, runner, head, conn)
+
+    def _switch_to_websocket(self, runner: Runner, head: bytes, conn: Any) -> None:
+        server = self.server
+        config = self.config
+        conn.remote = self.remote
+        self.upgraded = conn
+        runner.as_websocket(server.websocket_suspensions)
+        trailing, self.upgrade_buffer = self.upgrade_buffer or b"", None
+        if self.disconnected:
+            conn.connection_lost(None)
+            return
+        self._cancel_timer()
+        server.connections.discard(self)
+        server.connections.add(conn)
+        limit = config.max_websockets
+        if limit is not None and server.websockets >= limit:
+            log.warning("%d WebSockets open (max_websockets): answering 503", limit)
+            runner.take_over(503)
+            conn.refuse(self.transport, error_response(503, "too many WebSockets"))  # type: ignore[arg-type]
+            return
+        server.websockets += 1
+        conn.counted = True
+        conn.start(self.transport, head, trailing)  # type: ignore[arg-type]
+        if self.reading_paused:
+            self.reading_paused = False
+
+    def _websocket_lost(self, runner: Runner, conn: Any) -> None:
+        server = self.server
+        server.connections.discard(conn)
+        if conn.counted:
+            conn.counted = False
+            server.websockets -= 1
+        server.connection_closed(conn)
+        # the app sees None from receive(); one waiting on anything else is stopped
+        self.loop.call_soon(runner.stop_if_suspended, "disconnect")
+
+    def _websocket_ended(self, runner: Runner, conn: Any) -> None:
+        runner.environ["wsgiplus.websocket.close_code"] = conn.ws.close_code
+        runner.framer.sent = conn.proto.bytes_out  # type: ignore[union-attr]
+        self.server.access(self, runner)
+
     def _on_response_done(self, runner: Runner, keep_alive: bool, abort: bool) -> None:
+        if self.upgraded is not None:
+            self.server.active -= 1
+            self.requests += 1
+            self.upgraded.app_finished(abort)
+            return
         self.server.active -= 1
         self.requests += 1
         self.server.access(self, runner)
@@ -412,6 +506,9 @@ class Server:
         self._idle_waiter: asyncio.Future | None = None
         self.started = False
         self.suspensions = Suspensions(self.config.max_suspended, self.config.suspend_timeout)
+        # an accepted WebSocket waiting for a message is not a suspended request
+        self.websocket_suspensions = Suspensions()
+        self.websockets = 0  # open WebSockets (max_websockets)
         self.proxy_fixer = _proxy_fixer(self.config)
         self.access_log = _access_logger(self.config)
         self._watchdog: asyncio.TimerHandle | None = None
