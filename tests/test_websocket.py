@@ -18,7 +18,7 @@ from websockets.sync.client import connect
 from wsproto import ConnectionType, WSConnection
 from wsproto.events import AcceptConnection, CloseConnection, Ping, Request, TextMessage
 
-from wsgiplus.websocket import WebSocket
+from wsgiplus.websocket import WebSocket, WebSocketConnection
 
 
 def echo(ws: WebSocket, record: dict[str, Any] | None = None) -> Any:
@@ -335,11 +335,14 @@ def test_backpressure_parks_the_sender_without_a_thread(serve) -> None:
     sock, client = raw_connect(server.port)
     try:
         # the client reads nothing: the sender must park on an unfinished send
-        assert wait_for(lambda: state["last"] is not None and not state["last"].done()
-                        and state["sent"] < 400, timeout=10)
+        def parked() -> bool:
+            conns = [c for c in server.server.connections if isinstance(c, WebSocketConnection)]
+            return bool(conns and conns[0].write_paused and conns[0]._send_waiters)
+
+        assert wait_for(lambda: server.call(parked), timeout=10)
         parked_at = state["sent"]
         assert http_get(server.port) == (200, b"free")  # the only thread is free
-        assert state["sent"] < 400 and state["sent"] <= parked_at + 1
+        assert state["sent"] == parked_at < 400 and not state["last"].done()
         received = 0
         deadline = time.monotonic() + 60
         while received < 400 and time.monotonic() < deadline:

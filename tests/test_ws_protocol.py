@@ -18,8 +18,8 @@ from wsproto.events import (
 )
 from wsproto.extensions import PerMessageDeflate
 
-from wsgiplus.protocol import RequestParser
 from wsgiplus.protocol import Request as HTTPRequest
+from wsgiplus.protocol import RequestParser
 from wsgiplus.protocols import ws
 from wsgiplus.wsgi import build_environ, environ_template
 
