@@ -40,6 +40,7 @@ _PAUSE = 3  # waiting for wsgi.pause_output's resume()
 _FAILED = 4  # app error before the head was sent: a 500 is in the outbox
 _ABORT = 5  # app error after the head was sent: the response is broken
 _STOPPED = 6  # closed early because of a disconnect or the deadline
+_HANDED_OVER = 7  # the app raised StopIteration from its call: it spoke on the raw socket
 
 # loop-side states
 _PENDING, _RUNNING, _SUSPENDED, _DRAINING, _PAUSED, _CLOSING, _FINISHED = range(7)
@@ -266,6 +267,8 @@ class Runner:
             self._finish(False, False)
         elif outcome == _ABORT:
             self._finish(False, True)
+        elif outcome == _HANDED_OVER:
+            self._finish(False, True)  # send nothing, close, never reuse (gunicorn's rule)
         else:  # _STOPPED
             self._stopped(arg)
 
@@ -446,7 +449,14 @@ class Runner:
             if it is None:
                 if self._stop_reason:
                     return _STOPPED, self._stop_reason
-                result = self.app(self.environ, self._start_response)
+                try:
+                    result = self.app(self.environ, self._start_response)
+                except StopIteration:
+                    # gunicorn's convention (Flask-Sock, python-socketio): the app
+                    # took environ["gunicorn.socket"] and answered on it itself
+                    if "gunicorn.socket" in self.environ:
+                        return _HANDED_OVER, None
+                    raise
                 self._iterable = result
                 # A list's items are all there: nothing to wait for between them,
                 # so its chunks may go out together at the end of the step.

@@ -34,6 +34,7 @@ log = logging.getLogger("wsgiplus.error")
 __all__ = ["HTTPConnection", "Server", "new_event_loop"]
 
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+_RAW_SOCKET_TIMEOUT = 7 * 24 * 3600.0  # "blocking" for environ["gunicorn.socket"]
 
 
 class Exchange:
@@ -74,6 +75,7 @@ class HTTPConnection(asyncio.Protocol):
         "_timer_kind",
         "upgrade_buffer",
         "upgraded",
+        "raw_socket",
     )
 
     def __init__(self, server: Server, template: dict[str, Any]) -> None:
@@ -104,6 +106,7 @@ class HTTPConnection(asyncio.Protocol):
         self._idle = True  # no request in the queue: the keep-alive timer may run
         self.upgrade_buffer: bytes | None = None  # bytes after an Upgrade request's head
         self.upgraded: Any = None  # the WebSocketConnection the transport was handed to
+        self.raw_socket: socket.socket | None = None  # environ["gunicorn.socket"] (upgrades only)
 
     # -- transport callbacks --------------------------------------------------
 
@@ -240,6 +243,9 @@ class HTTPConnection(asyncio.Protocol):
         upgrade = None
         if request.upgrade is not None:
             upgrade = websocket_request(environ, server)
+            raw = self.raw_socket = self._raw_socket()
+            if raw is not None:
+                environ["gunicorn.socket"] = raw
         if server.proxy_fixer is not None:
             server.proxy_fixer(environ)
         runner = Runner(
@@ -268,6 +274,31 @@ class HTTPConnection(asyncio.Protocol):
         return self.disconnected
 
     # -- the WebSocket hand-over ---------------------------------------------
+
+    def _raw_socket(self) -> socket.socket | None:
+        """A blocking duplicate of the connection's socket, for libraries that speak on it.
+
+        Only an upgrade request gets one (it is never followed by another request
+        on the connection), and reading stops while the app runs so the loop takes
+        no byte the app should read. The duplicate is closed when the request ends.
+        """
+        transport = self.transport
+        if transport is None or transport.get_extra_info("sslcontext") is not None:
+            return None  # under TLS the raw bytes are ciphertext: no use to the app
+        sock = transport.get_extra_info("socket")
+        if sock is None:
+            return None
+        try:
+            raw = socket.socket(sock.family, sock.type, sock.proto, fileno=os.dup(sock.fileno()))
+        except OSError:
+            return None
+        # O_NONBLOCK is shared with the loop's descriptor, so the duplicate must stay
+        # non-blocking; a timeout makes Python wait in poll(), which reads as blocking
+        raw.settimeout(_RAW_SOCKET_TIMEOUT)
+        if not self.reading_paused:
+            self.reading_paused = True
+            transport.pause_reading()
+        return raw
 
     def _upgrade_to_websocket(self, runner: Runner, head: bytes, proto: Any, ws: Any) -> None:
         """``accept()``, on the app's pool thread: the runner sends no HTTP response now.
@@ -332,6 +363,11 @@ class HTTPConnection(asyncio.Protocol):
         self.server.access(self, runner)
 
     def _on_response_done(self, runner: Runner, keep_alive: bool, abort: bool) -> None:
+        if self.raw_socket is not None:
+            # the app's duplicate (an upgrade request is the connection's last): the
+            # app has returned, so nothing of it reads the socket any more
+            self.raw_socket.close()
+            self.raw_socket = None
         if self.upgraded is not None:
             self.server.active -= 1
             self.requests += 1
