@@ -280,8 +280,7 @@ class Runner:
         Called on the app's pool thread by ``accept()`` (or on the loop for a
         refusal); the access log shows ``status_code``.
         """
-        self.status = f"{status_code} Switching Protocols" if status_code == 101 else f"{status_code} Refused"
-        self.head_sent = True
+        self.head_sent = True  # the status the app may still give start_response is never sent
         self.framer = _TakenFramer(status_code, True, False)
 
     def as_websocket(self, suspensions: Suspensions) -> None:
