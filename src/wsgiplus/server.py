@@ -265,6 +265,8 @@ class HTTPConnection(asyncio.Protocol):
         ex.runner = runner
         if upgrade is not None:
             upgrade._upgrade = functools.partial(self._upgrade_to_websocket, runner)
+        if request.upgrade is not None:
+            environ["wsgiplus.takeover"] = functools.partial(self._takeover_from_app, runner)
         ex.request = None  # the environ has it all now; a suspended request keeps less
         server.active += 1
         runner.start()
@@ -299,6 +301,42 @@ class HTTPConnection(asyncio.Protocol):
             self.reading_paused = True
             transport.pause_reading()
         return raw
+
+    def _takeover_from_app(self, runner: Runner,
+                           protocol_factory: Callable[[], asyncio.BaseProtocol]) -> None:
+        """``environ["wsgiplus.takeover"](factory)``: the app's own protocol gets the transport.
+
+        Pool thread: the runner sends no response from now on; the switch is
+        made on the loop, in order before anything the app's step posts later.
+        """
+        runner.take_over(101)
+        self.loop.call_soon_threadsafe(self._takeover, runner, protocol_factory)
+
+    def _takeover(self, runner: Runner, protocol_factory: Callable[[], asyncio.BaseProtocol]) -> None:
+        if self.disconnected or self.transport is None:
+            return
+        transport = self.transport
+        trailing, self.upgrade_buffer = self.upgrade_buffer or b"", None
+        self.upgraded = _TakenOver()
+        self._cancel_timer()
+        server = self.server
+        server.connections.discard(self)  # forgotten: no timeouts, limits or shutdown
+        server.connection_closed(self)
+        runner.as_websocket(server.websocket_suspensions)
+        server.access(self, runner)  # the one line: the hand-over itself
+        try:
+            protocol = protocol_factory()
+            transport.set_protocol(protocol)
+            protocol.connection_made(transport)
+            if trailing:
+                protocol.data_received(trailing)  # type: ignore[attr-defined]
+        except Exception:
+            log.exception("takeover: the app's protocol failed to start; closing the connection")
+            transport.abort()
+            return
+        if self.reading_paused:
+            self.reading_paused = False
+            transport.resume_reading()
 
     def _upgrade_to_websocket(self, runner: Runner, head: bytes, proto: Any, ws: Any) -> None:
         """``accept()``, on the app's pool thread: the runner sends no HTTP response now.
@@ -484,6 +522,15 @@ class HTTPConnection(asyncio.Protocol):
                 self.pending_error = ProtocolError(408, "request body not received in time")
             else:
                 self._send_error(ProtocolError(408, "request body not received in time"))
+
+
+class _TakenOver:
+    """Marks a connection whose transport an app's own protocol took (``wsgiplus.takeover``)."""
+
+    __slots__ = ()
+
+    def app_finished(self, error: bool) -> None:
+        pass  # the app's iterable ended; the connection is the protocol's business
 
 
 def _ssl_context(config: Config) -> ssl.SSLContext | None:
