@@ -292,6 +292,10 @@ class Runner:
 
     def stop_if_suspended(self, reason: str) -> None:
         """Stop the app if it is parked (on a future that no one may complete now)."""
+        if self.state == _SUSPENDED:
+            done = getattr(self._future, "done", None)
+            if done is not None and done():
+                return  # its wake-up is on the way (the socket's receive() gave None)
         if self.state in (_SUSPENDED, _DRAINING, _PAUSED):
             self._stop(reason)
 

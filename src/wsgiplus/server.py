@@ -354,9 +354,10 @@ class HTTPConnection(asyncio.Protocol):
             ping_timeout=config.ws_ping_timeout,
             idle_timeout=config.ws_idle_timeout,
             timeout=config.ws_timeout,
-            on_end=functools.partial(self._websocket_ended, runner),
-            on_lost=functools.partial(self._websocket_lost, runner),
+            on_end=self._websocket_ended,
+            on_lost=self._websocket_lost,
         )
+        conn.runner = runner
         runner.take_over(101)
         self.loop.call_soon_threadsafe(self._switch_to_websocket, runner, head, conn)
 
@@ -366,6 +367,11 @@ class HTTPConnection(asyncio.Protocol):
         conn.remote = self.remote
         self.upgraded = conn
         runner.as_websocket(server.websocket_suspensions)
+        if self.raw_socket is not None:  # not needed: the app took the thread-free path
+            self.raw_socket.close()
+            self.raw_socket = None
+        self.parser = None  # finished after the upgrade; an idle socket keeps less
+        runner.environ.pop("wsgiplus.takeover", None)  # one way out is taken
         trailing, self.upgrade_buffer = self.upgrade_buffer or b"", None
         if self.disconnected:
             conn.connection_lost(None)
@@ -385,7 +391,8 @@ class HTTPConnection(asyncio.Protocol):
         if self.reading_paused:
             self.reading_paused = False
 
-    def _websocket_lost(self, runner: Runner, conn: Any) -> None:
+    def _websocket_lost(self, conn: Any) -> None:
+        runner = conn.runner
         server = self.server
         server.connections.discard(conn)
         if conn.counted:
@@ -395,7 +402,9 @@ class HTTPConnection(asyncio.Protocol):
         # the app sees None from receive(); one waiting on anything else is stopped
         self.loop.call_soon(runner.stop_if_suspended, "disconnect")
 
-    def _websocket_ended(self, runner: Runner, conn: Any) -> None:
+    def _websocket_ended(self, conn: Any) -> None:
+        runner = conn.runner
+        conn.runner = None
         runner.environ["wsgiplus.websocket.close_code"] = conn.ws.close_code
         runner.framer.sent = conn.proto.bytes_out  # type: ignore[union-attr]
         self.server.access(self, runner)

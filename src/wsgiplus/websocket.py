@@ -97,10 +97,11 @@ class WebSocketRequest:
             raise RuntimeError("accept() called twice")
         head, proto = self.handshake.accept(subprotocol, headers, **self._options)
         self.accepted = True
-        ws = WebSocket(proto)
         if self._upgrade is None:
             raise RuntimeError("this server cannot upgrade the connection")
-        self._upgrade(head, proto, ws)
+        ws = WebSocket(proto)
+        upgrade, self._upgrade = self._upgrade, None  # (it holds the runner)
+        upgrade(head, proto, ws)
         return ws
 
 
@@ -240,6 +241,7 @@ class WebSocketConnection(asyncio.Protocol):
         "on_end",
         "on_lost",
         "counted",
+        "runner",
     )
 
     def __init__(
@@ -272,7 +274,7 @@ class WebSocketConnection(asyncio.Protocol):
         self._inbox: deque[str | bytes] | None = None
         self._inbox_bytes = 0
         self._inbox_high = write_buffer_high
-        self._waiters: deque[Future[Any]] | None = None
+        self._waiters: list[Future[Any]] | None = None  # a list: a deque is ~600 bytes
         self._send_waiters: list[Future[Any]] | None = None
         self._close_waiters: list[Future[Any]] | None = None
         # an app that sends without yielding the futures is cut off past this
@@ -288,6 +290,7 @@ class WebSocketConnection(asyncio.Protocol):
         self.on_end = on_end
         self.on_lost = on_lost
         self.counted = False  # in the server's count of open WebSockets
+        self.runner: Any = None  # the request's runner (for the server's callbacks)
         ws._conn = self
         ws._loop = loop
 
@@ -377,7 +380,7 @@ class WebSocketConnection(asyncio.Protocol):
             _resolve(fut, None)
         else:
             if self._waiters is None:
-                self._waiters = deque()
+                self._waiters = []
             self._waiters.append(fut)
 
     def _send(self, data: str | bytes, fut: Future[Any]) -> None:
@@ -473,7 +476,7 @@ class WebSocketConnection(asyncio.Protocol):
         self._last_message = self.loop.time()
         waiters = self._waiters
         while waiters:
-            fut = waiters.popleft()
+            fut = waiters.pop(0)
             if fut.set_running_or_notify_cancel():
                 fut.set_result(data)
                 return
