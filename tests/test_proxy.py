@@ -25,9 +25,9 @@ def env(peer: str = "10.0.0.1", **headers: str) -> dict[str, Any]:
     return environ
 
 
-def fixed(trusted: str, **kw: Any) -> dict[str, Any]:
+def fixed(trusted: str, family: str = "x-forwarded", **kw: Any) -> dict[str, Any]:
     environ = env(**kw)
-    fix_environ(environ, TrustedPeers(trusted))
+    fix_environ(environ, TrustedPeers(trusted), family)
     return environ
 
 
@@ -70,17 +70,19 @@ def test_rfc7239_forwarded() -> None:
         {"for": "[2001:db8:cafe::17]:4711"},
     ]
     # the last hop 2001:db8:cafe::17 is not trusted: it is the client, with its element's values
-    e = fixed("10.0.0.0/8", HTTP_FORWARDED=header)
+    e = fixed("10.0.0.0/8", "forwarded", HTTP_FORWARDED=header)
     assert (e["REMOTE_ADDR"], e["REMOTE_PORT"]) == ("2001:db8:cafe::17", "4711")
     assert e["wsgi.url_scheme"] == "http"
     # when that hop is a trusted proxy, the element before it names the client
-    e = fixed("10.0.0.0/8, 2001:db8:cafe::/48", HTTP_FORWARDED=header)
+    e = fixed("10.0.0.0/8, 2001:db8:cafe::/48", "forwarded", HTTP_FORWARDED=header)
     assert e["REMOTE_ADDR"] == "192.0.2.60"
     assert e["wsgi.url_scheme"] == "https"
     assert (e["HTTP_HOST"], e["SERVER_NAME"], e["SERVER_PORT"]) == ("shop.example:8443", "shop.example", "8443")
-    # Forwarded wins over X-Forwarded-*
-    e = fixed("10.0.0.0/8", HTTP_FORWARDED="for=192.0.2.1", HTTP_X_FORWARDED_FOR="192.0.2.99")
-    assert e["REMOTE_ADDR"] == "192.0.2.1"
+    # one family only: the configured one; the other is ignored (a proxy passes it through)
+    both = {"HTTP_FORWARDED": "for=192.0.2.1;proto=https", "HTTP_X_FORWARDED_FOR": "192.0.2.99"}
+    assert fixed("10.0.0.0/8", "forwarded", **both)["REMOTE_ADDR"] == "192.0.2.1"
+    e = fixed("10.0.0.0/8", **both)
+    assert (e["REMOTE_ADDR"], e["wsgi.url_scheme"]) == ("192.0.2.99", "http")
 
 
 def test_garbage_values_are_not_believed() -> None:
@@ -90,7 +92,7 @@ def test_garbage_values_are_not_believed() -> None:
     assert e["wsgi.url_scheme"] == "http"
     assert e["HTTP_HOST"] == "internal:8000"
     assert e["SERVER_PORT"] == "8000"
-    e = fixed("*", HTTP_FORWARDED='for=unknown;proto=https, for="_hidden"')
+    e = fixed("*", "forwarded", HTTP_FORWARDED='for=unknown;proto=https, for="_hidden"')
     assert e["REMOTE_ADDR"] == "10.0.0.1"
 
 

@@ -101,6 +101,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="add up to this many to --max-requests, per worker, so they do not recycle together")
     opt("--graceful-timeout", field="graceful_timeout",
         help="seconds in-flight requests (suspended ones too) get to finish on stop/reload")
+    opt("--drain-grace", field="drain_grace",
+        help="on stop/reload, idle keep-alive connections stay open this long, answering what "
+             "arrives with Connection: close (a pooling proxy may be reusing them)")
     opt("--reload", field="reload", action=argparse.BooleanOptionalAction,
         help="restart the worker when a .py file changes (development)")
     p.add_argument("--reload-dir", action="append", dest="reload_dirs", metavar="DIR",
@@ -112,6 +115,9 @@ def build_parser() -> argparse.ArgumentParser:
     opt("--max-header-size", field="max_header_size", help="bytes in one header field; 431 beyond")
     opt("--max-body-size", field="max_body_size", help="e.g. 10m; 413 beyond")
     opt("--body-spool-size", field="body_spool_size", help="request bodies above this go to a temp file")
+    opt("--max-buffered-size", field="max_buffered_size",
+        help="memory for buffered request heads and bodies, all connections; past it bodies go to "
+             "temp files, incomplete heads get 503 (0: no limit)")
     opt("--max-connections", field="max_connections", help="open connections per worker (0: no limit)")
     opt("--max-suspended", field="max_suspended",
         help="suspended requests per worker; beyond it 503 (0: no limit)")
@@ -122,6 +128,8 @@ def build_parser() -> argparse.ArgumentParser:
     opt("--keepalive-timeout", field="keepalive_timeout", help="idle keep-alive connection")
     opt("--header-timeout", field="header_timeout", help="to receive a whole request head; 408 after")
     opt("--body-timeout", field="body_timeout", help="between two pieces of a request body; 408 after")
+    opt("--body-min-rate", field="body_min_rate",
+        help="bytes/s: a body must arrive within --body-timeout + received/rate; 408 after (0: off)")
     opt("--request-timeout", field="request_timeout",
         help="whole request, suspensions included; 504 (0: off)")
     opt("--suspend-timeout", field="suspend_timeout",
@@ -148,10 +156,19 @@ def build_parser() -> argparse.ArgumentParser:
     opt("--keyfile", field="keyfile", help="TLS private key (PEM)")
     opt("--keyfile-password", field="keyfile_password", help="password of an encrypted keyfile")
     opt("--proxy-headers", field="proxy_headers", action=argparse.BooleanOptionalAction,
-        help="trust X-Forwarded-For/-Proto/-Host/-Port and Forwarded from --forwarded-allow-ips")
+        help="trust proxy headers (--forwarded-headers) from --forwarded-allow-ips")
+    opt("--forwarded-headers", field="forwarded_headers", choices=["x-forwarded", "forwarded"],
+        help="the one header family believed: X-Forwarded-For/-Proto/-Host/-Port or RFC 7239 Forwarded")
     opt("--forwarded-allow-ips", field="forwarded_allow_ips",
         help="comma-separated addresses/CIDRs (or '*') whose proxy headers are believed; "
              "env FORWARDED_ALLOW_IPS")
+
+    g = group = p.add_argument_group("metrics and health")
+    opt("--metrics-bind", field="metrics_bind",
+        help="HOST:PORT or unix:PATH of a separate listener for Prometheus /metrics, /healthz and "
+             "/readyz (503 once a graceful stop begins); needs wsgiplus[metrics]")
+    opt("--statsd-host", field="statsd_host", help="HOST:PORT or unix:PATH: send gunicorn's statsd metrics")
+    opt("--statsd-prefix", field="statsd_prefix", help="prefix of every statsd metric name")
 
     g = group = p.add_argument_group("logging")
     opt("--log-level", field="log_level", choices=["critical", "error", "warning", "info", "debug"])

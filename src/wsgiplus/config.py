@@ -34,12 +34,18 @@ class Config:
     max_header_size: int = 8190
     max_body_size: int = 1024 * 1024 * 1024
     body_spool_size: int = 1024 * 1024  # bodies above this go to a temp file
+    # memory held by buffered request heads and bodies, all connections of a worker:
+    # past it bodies go to temp files and incomplete heads get 503
+    max_buffered_size: int | None = 128 * 1024 * 1024
     # timeouts, seconds
     keepalive_timeout: float = 5.0  # idle keep-alive connection
     header_timeout: float = 10.0  # from a connection's first byte to a complete head
     body_timeout: float = 30.0  # between two pieces of a request body
+    # and in total: body_timeout + bytes received / body_min_rate (a trickle is cut; 408)
+    body_min_rate: int | None = 500  # bytes per second, averaged
     request_timeout: float | None = None  # whole request, suspensions included
     graceful_timeout: float = 30.0
+    drain_grace: float = 1.0  # graceful stop: idle keep-alive connections stay open this long
     # flow control
     write_buffer_high: int = 256 * 1024
     write_buffer_low: int = 64 * 1024
@@ -62,14 +68,19 @@ class Config:
     certfile: str | None = None
     keyfile: str | None = None
     keyfile_password: str | None = None
-    proxy_headers: bool = False  # trust X-Forwarded-* / Forwarded ...
+    proxy_headers: bool = True  # trust proxy headers (as gunicorn and uvicorn do) ...
     forwarded_allow_ips: list[str] = field(default_factory=lambda: ["127.0.0.1", "::1"])  # ... from these
+    forwarded_headers: str = "x-forwarded"  # ... of this family: x-forwarded (X-Forwarded-*) or forwarded
     # processes
     workers: int = 1
     max_requests: int = 0  # recycle a worker after this many requests (0: never)
     max_requests_jitter: int = 0
     reload: bool = False  # development: restart the worker when a .py file changes
     reload_dirs: list[str] = field(default_factory=list)  # watched for --reload (default: cwd)
+    # metrics and health
+    metrics_bind: str | None = None  # HOST:PORT or unix:PATH for /metrics, /healthz, /readyz
+    statsd_host: str | None = None  # HOST:PORT or unix:PATH: gunicorn's statsd metric names
+    statsd_prefix: str = ""
     # logging
     log_level: str = "info"
     access_log: bool = True
@@ -102,7 +113,8 @@ class Config:
         for name in ("max_requests", "max_requests_jitter", "backlog"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must not be negative")
-        for name in ("keepalive_timeout", "header_timeout", "body_timeout", "graceful_timeout"):
+        for name in ("keepalive_timeout", "header_timeout", "body_timeout", "graceful_timeout",
+                     "drain_grace"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must not be negative")
         for name in ("ws_max_message_size", "max_websockets"):
@@ -119,9 +131,26 @@ class Config:
             raise ValueError(f"log_level must be critical, error, warning, info or debug, not {self.log_level!r}")
         if self.url_scheme not in ("http", "https"):
             raise ValueError(f"url_scheme must be http or https, not {self.url_scheme!r}")
+        if self.forwarded_headers not in ("x-forwarded", "forwarded"):
+            raise ValueError(f"forwarded_headers must be x-forwarded or forwarded, not {self.forwarded_headers!r}")
+        for name in ("max_buffered_size", "body_min_rate"):
+            if (getattr(self, name) or 0) < 0:
+                raise ValueError(f"{name} must not be negative")
         if self.keyfile and not self.certfile:
             raise ValueError("keyfile given without certfile")
         TrustedPeers(self.forwarded_allow_ips)
+        if self.metrics_bind:
+            import importlib.util
+
+            from .listeners import parse_bind
+
+            parse_bind(self.metrics_bind)
+            if importlib.util.find_spec("prometheus_client") is None:
+                raise ValueError("metrics_bind needs prometheus_client: pip install 'wsgiplus[metrics]'")
+        if self.statsd_host and not self.statsd_host.startswith("unix:"):
+            host, sep, port = self.statsd_host.rpartition(":")
+            if not sep or not port.isdigit():
+                raise ValueError(f"statsd_host must be HOST:PORT or unix:PATH, not {self.statsd_host!r}")
         resolve_format(self.access_log_format)
         return self
 

@@ -12,7 +12,7 @@ a request suspended longer than ``--timeout`` does not get the worker killed
 gunicorn settings used: bind (its sockets), threads, backlog, keepalive,
 graceful_timeout, max_requests (+ jitter), limit_request_line/fields/
 field_size (0 = unlimited), worker_connections (max open connections),
-forwarded_allow_ips (X-Forwarded-* and Forwarded are believed from these),
+forwarded_allow_ips (proxy headers of the forwarded_headers family are believed from these),
 certfile/keyfile, accesslog/access_log_format (lines go through gunicorn's
 own logger), loglevel/errorlog. WSGI+-only settings (max_suspended,
 suspend_timeout, header_timeout, ...) come from the TOML file named by the
@@ -109,6 +109,7 @@ class Worker(base.Worker):
             max_requests=0,  # gunicorn's arbiter recycles; see max_requests_reached
             reload=False,
             log_level=str(cfg.loglevel).lower(),
+            statsd_host=None,  # gunicorn's own --statsd-host sees every request (log_access)
         )
         return Config(**values).validate()
 
@@ -159,10 +160,21 @@ class Worker(base.Worker):
         loop = asyncio.get_running_loop()
         server = self.server = GunicornServer(self, self.wsgiplus_config())
         await server.start([getattr(s, "sock", s) for s in self.sockets])
+        metrics = None
+        if server.config.metrics_bind:
+            # every worker listens (SO_REUSEPORT); with PROMETHEUS_MULTIPROC_DIR set each
+            # answers for all of them
+            from .metrics import WorkerMetrics, bind_metrics_socket, multiprocess_dir
+
+            metrics = WorkerMetrics(server, server.config, loop,
+                                    listener_sock=bind_metrics_socket(server.config.metrics_bind, reuse_port=True),
+                                    multiprocess=bool(multiprocess_dir()))
 
         def stop(quick: bool) -> None:
             self.alive = False
             self.quick = self.quick or quick
+            if metrics is not None:  # not ready: scrapes and probes go to the other workers
+                metrics.stop_listening()
             server.request_stop()
 
         def abort() -> None:
@@ -192,4 +204,8 @@ class Worker(base.Worker):
         await server.wait_stopped()
         if self.quick:
             self.cfg.worker_int(self)
+        if metrics is not None:
+            metrics.stop_listening()
         await server.shutdown(0.0 if self.quick else float(self.cfg.graceful_timeout))
+        if metrics is not None:
+            metrics.close()

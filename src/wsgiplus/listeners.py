@@ -10,7 +10,7 @@ import os
 import socket
 import stat
 
-__all__ = ["bind_socket", "parse_bind", "socket_from_fd", "describe"]
+__all__ = ["bind_socket", "parse_bind", "socket_from_fd", "describe", "unix_socket_file", "unlink_unix_socket"]
 
 
 def parse_bind(bind: str) -> tuple[str, str | int, int | None]:
@@ -75,3 +75,31 @@ def describe(sock: socket.socket) -> str:
     if sock.family == socket.AF_INET6:
         return f"[{name[0]}]:{name[1]}"
     return f"{name[0]}:{name[1]}"
+
+
+def unix_socket_file(sock: socket.socket) -> tuple[str, tuple[int, int] | None]:
+    """The path of a bound unix socket and the identity of its file, for ``unlink_unix_socket``."""
+    path = sock.getsockname()
+    try:
+        st = os.stat(path)
+    except OSError:
+        return path, None
+    return path, (st.st_dev, st.st_ino)
+
+
+def unlink_unix_socket(path: str, identity: tuple[int, int] | None) -> None:
+    """Remove the socket file we bound, unless another server has bound the path since.
+
+    A new instance started before the old one has exited (a rolling restart on one
+    path) replaces the file; the old one's exit must not remove the new one's.
+    """
+    try:
+        st = os.stat(path)
+    except OSError:
+        return
+    if identity is not None and (st.st_dev, st.st_ino) != identity:
+        return
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass

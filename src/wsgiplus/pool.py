@@ -73,6 +73,12 @@ class ThreadPool:
         """How many threads are inside a job right now."""
         return sum(1 for s in self._started if s)
 
+    def queued(self) -> int:
+        """How many submitted jobs wait for a thread (approximate, as ``qsize`` is)."""
+        if self.affinity:
+            return sum(q.qsize() for q in self._queues)
+        return self._queue.qsize()
+
     def long_running(self, threshold: float) -> Iterator[tuple[threading.Thread, float]]:
         """Threads that have been inside one job for more than ``threshold`` seconds."""
         now = time.monotonic()
@@ -96,6 +102,7 @@ class ThreadPool:
             except BaseException:  # a job must never kill its thread
                 log.exception("unhandled error in a pool job")
             started[index] = 0.0
+            job = fn = args = None  # an idle thread keeps no finished request alive
 
     def shutdown(self, timeout: float | None = None) -> None:
         """Finish queued jobs, then stop the threads (wait up to ``timeout``)."""

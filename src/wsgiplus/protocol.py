@@ -10,6 +10,8 @@ llhttp leaves to the server (Host, HTTP/1.0 + Transfer-Encoding, limits).
 
 from __future__ import annotations
 
+import logging
+import threading
 import time
 from dataclasses import dataclass
 from email.utils import formatdate
@@ -21,6 +23,7 @@ __all__ = [
     "Data",
     "EndOfMessage",
     "Limits",
+    "MemoryBudget",
     "ProtocolError",
     "Request",
     "RequestParser",
@@ -62,6 +65,47 @@ class Limits:
         return self.max_request_line + self.max_header_count * (self.max_header_size + 4) + 4
 
 
+log = logging.getLogger("wsgiplus.error")
+
+
+class MemoryBudget:
+    """Bytes held in memory by buffered request heads and bodies, server-wide.
+
+    ``take(n)`` charges n bytes if that stays within ``limit`` (None: no limit)
+    and says whether it did; ``give(n)`` returns them. Bodies are charged on
+    the loop thread and may be returned from a pool thread (when the last
+    reference to a finished body goes), hence the lock. ``refuse(what)`` logs
+    one line at most every 10 s per kind.
+    """
+
+    __slots__ = ("limit", "used", "_lock", "_logged")
+
+    def __init__(self, limit: int | None = None) -> None:
+        self.limit = limit or None
+        self.used = 0
+        self._lock = threading.Lock()
+        self._logged: dict[str, float] = {}
+
+    def take(self, n: int) -> bool:
+        with self._lock:
+            if self.limit is not None and self.used + n > self.limit:
+                return False
+            self.used += n
+            return True
+
+    def give(self, n: int) -> None:
+        if n:
+            with self._lock:
+                self.used -= n
+
+    def refuse(self, what: str) -> None:
+        now = time.monotonic()
+        if now - self._logged.get(what, -1e9) >= 10.0:
+            self._logged[what] = now
+            log.warning("buffered request memory at its budget (max_buffered_size %d bytes, %d held): %s",
+                        self.limit or 0, self.used, what)
+
+
 class Request:
     """A request head: everything before the body."""
 
@@ -77,6 +121,7 @@ class Request:
         "content_length",
         "chunked",
         "upgrade",
+        "trailers",
     )
 
     def __init__(
@@ -104,6 +149,7 @@ class Request:
         self.content_length = content_length
         self.chunked = chunked
         self.upgrade = upgrade
+        self.trailers: list[tuple[bytes, bytes]] | None = None  # chunked trailer section, if any
 
     @property
     def has_body(self) -> bool:
@@ -152,14 +198,21 @@ class RequestParser:
     takes no more bytes (``upgraded_data`` holds what followed the upgrade).
     """
 
-    def __init__(self, limits: Limits | None = None) -> None:
+    def __init__(self, limits: Limits | None = None, budget: MemoryBudget | None = None) -> None:
         self.limits = limits or Limits()
+        self.budget = budget
+        self._charged = 0  # head bytes charged to the budget
         self._parser = httptools.HttpRequestParser(self)
         self._events: list[Event] = []
         self._url = b""
         self._headers: list[tuple[bytes, bytes]] = []
         self._in_head = False
         self._in_message = False
+        self._request: Request | None = None  # whose trailer fields may still come
+        self._trailers: list[tuple[bytes, bytes]] | None = None
+        self._data = b""  # the bytes being fed, and before them those of an unfinished head:
+        self._window: bytearray | None = None  # where the request line's protocol name is checked
+        self._search_from = 0  # in the window: past the request lines already checked
         self._keep_alive = True
         self._head_bytes = 0
         self._body_bytes = 0
@@ -180,9 +233,13 @@ class RequestParser:
         if self.finished:
             raise ProtocolError(400, "data after the end of HTTP on this connection")
         self._events = events = []
+        self._data = data
+        if self._window is None:
+            self._search_from = 0
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade as exc:
+            self._data = b""
             self.finished = True
             self.upgraded_data = bytes(data[exc.args[0] :])
             return events
@@ -196,15 +253,42 @@ class RequestParser:
         except httptools.HttpParserError as exc:
             error = ProtocolError(400, str(exc) or "malformed request")
         else:
+            self._data = b""  # the parser keeps no reference to what it was fed
             if not self._in_head:
+                self._window = None
                 return events
+            if self._window is None:
+                self._window = bytearray(data)
+            else:
+                self._window += data  # bounded by max_head_bytes, below
             self._head_bytes += len(data)
-            if self._head_bytes <= self.limits.max_head_bytes:
+            if self._head_bytes > self.limits.max_head_bytes:
+                error = ProtocolError(431, "request header section too large")
+            elif self.budget is None or self.budget.take(len(data)):
+                self._charged += len(data) if self.budget is not None else 0
                 return events
-            error = ProtocolError(431, "request header section too large")
+            else:
+                self.budget.refuse("a request head was refused with 503")
+                error = ProtocolError(503, "server busy: too much buffered request data")
+        self._data = b""
+        self._window = None
         self.finished = True
+        self._uncharge()
         error.events = events
         raise error
+
+    def _uncharge(self) -> None:
+        if self._charged:
+            self.budget.give(self._charged)  # type: ignore[union-attr]
+            self._charged = 0
+
+    def close(self) -> None:
+        """The connection is gone: return what the budget holds for a partial head, drop it."""
+        self._uncharge()
+        self._headers = []
+        self._url = b""
+        self._window = None
+        self.finished = True
 
     # httptools callbacks -------------------------------------------------
 
@@ -222,19 +306,28 @@ class RequestParser:
             raise ProtocolError(414, "request target too long")
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        headers = self._headers
+        if self._in_head:
+            headers = self._headers
+        else:  # after the body: a chunked trailer field, never one of the head's
+            headers = self._trailers
+            if headers is None:
+                headers = self._trailers = []
         if len(headers) >= self.limits.max_header_count:
             raise ProtocolError(431, "too many header fields")
         if len(name) + len(value) + 2 > self.limits.max_header_size:
             raise ProtocolError(431, "header field too large")
+        if value[-1:] in (b" ", b"\t"):
+            value = value.rstrip(b" \t")  # OWS is not part of the value (RFC 9110 5.5); llhttp trims the left
         headers.append((name, value))
 
     def on_headers_complete(self) -> None:
         self._in_head = False
+        self._uncharge()
         parser = self._parser
         version = parser.get_http_version()
         if version not in ("1.1", "1.0"):
             raise ProtocolError(505 if version[:1] not in ("0", "1") else 400, "unsupported HTTP version")
+        self._check_protocol_name()
         content_length = None
         chunked = False
         expect_continue = False
@@ -278,10 +371,16 @@ class RequestParser:
                 raise ProtocolError(400, "invalid request target") from None
             path = parsed.path or b"/"
             query = parsed.query or b""
+            if parsed.host and parsed.schema:
+                # absolute-form: the target's authority is the Host (RFC 9112 3.2.2)
+                host = b"[" + parsed.host + b"]" if b":" in parsed.host else parsed.host
+                authority = host if parsed.port is None else b"%b:%d" % (host, parsed.port)
+                self._headers = [h for h in self._headers if h[0].lower() != b"host"]
+                self._headers.append((b"Host", authority))
         if not parser.should_upgrade():
             upgrade = None
-        self._events.append(
-            Request(
+        self._trailers = None
+        self._request = request = Request(
                 parser.get_method().decode("ascii"),
                 url,
                 path,
@@ -293,8 +392,22 @@ class RequestParser:
                 content_length,
                 chunked,
                 upgrade,
-            )
         )
+        self._events.append(request)
+
+    def _check_protocol_name(self) -> None:
+        """llhttp also parses RTSP/1.0 and ICE/1.0 request lines as version 1.0: refuse them.
+
+        The request line is in the bytes seen since the head began; it is the
+        first place where the target is followed by a space and a protocol name.
+        """
+        window = self._data if self._window is None else self._window + self._data
+        needle = b" " + self._url + b" "
+        at = window.find(needle, self._search_from)
+        end = at + len(needle)
+        if at < 0 or window[end : end + 5] != b"HTTP/":
+            raise ProtocolError(400, "not an HTTP request line")
+        self._search_from = end
 
     def _note_keep_alive(self, keep_alive: bool) -> bool:
         self._keep_alive = keep_alive
@@ -308,6 +421,12 @@ class RequestParser:
 
     def on_message_complete(self) -> None:
         self._in_message = False
+        request = self._request
+        if request is not None:
+            self._request = None
+            if self._trailers:
+                request.trailers = self._trailers
+                self._trailers = None
         self._events.append(END_OF_MESSAGE)
 
 
@@ -337,7 +456,7 @@ class ResponseFramer:
     be closed after this response.
     """
 
-    __slots__ = ("chunked", "remaining", "no_body", "keep_alive", "status_code", "sent")
+    __slots__ = ("chunked", "remaining", "no_body", "keep_alive", "status_code", "sent", "dropped")
 
     def __init__(self, status_code: int, no_body: bool, keep_alive: bool) -> None:
         self.status_code = status_code
@@ -346,6 +465,7 @@ class ResponseFramer:
         self.chunked = False
         self.remaining: int | None = None  # bytes still owed under Content-Length
         self.sent = 0  # body bytes sent, for the access log
+        self.dropped = 0  # body bytes past the Content-Length, not sent
 
     def body(self, data: bytes) -> bytes:
         """Frame a body chunk; bytes past a declared Content-Length are dropped."""
@@ -357,6 +477,7 @@ class ResponseFramer:
         remaining = self.remaining
         if remaining is not None:
             if len(data) > remaining:
+                self.dropped += len(data) - remaining
                 data = data[:remaining]
             self.remaining = remaining - len(data)
         self.sent += len(data)
@@ -372,27 +493,51 @@ class ResponseFramer:
             self.keep_alive = False
         return b""
 
+    def length_mismatch(self) -> str | None:
+        """After ``end()``: how the body missed its Content-Length, or None."""
+        if self.no_body:
+            return None
+        if self.remaining:
+            return f"{self.remaining} bytes shorter than its Content-Length (connection closed)"
+        if self.dropped:
+            return f"{self.dropped} bytes longer than its Content-Length (the extra bytes were dropped)"
+        return None
+
 
 class AppHead:
-    """The app's part of a response head, serialised once: status line and its own fields."""
+    """The app's part of a response head, serialised once: status line and its own fields.
 
-    __slots__ = ("lines", "status_code", "content_length")
+    ``close``: the app sent ``Connection: close``; the connection closes after this response.
+    """
 
-    def __init__(self, lines: bytes, status_code: int, content_length: int | None) -> None:
+    __slots__ = ("lines", "status_code", "content_length", "close")
+
+    def __init__(self, lines: bytes, status_code: int, content_length: int | None,
+                 close: bool = False) -> None:
         self.lines = lines
         self.status_code = status_code
         self.content_length = content_length
+        self.close = close
 
 
 def encode_head(status: str, headers: list[tuple[str, str]]) -> AppHead:
-    """Serialise a validated status and header list (no hop-by-hop, no CR/LF)."""
+    """Serialise a validated status and header list (see ``wsgi.check_headers``).
+
+    A ``Connection: close`` left in the list by the checks is not copied: it
+    becomes ``AppHead.close`` and the server writes its own Connection field.
+    """
     content_length = None
+    close = False
     parts = ["HTTP/1.1 ", status, "\r\n"]
     for name, value in headers:
-        if len(name) == 14 and name.lower() == "content-length":
+        n = len(name)
+        if n == 14 and name.lower() == "content-length":
             content_length = int(value)
+        elif n == 10 and name.lower() == "connection":
+            close = True
+            continue
         parts += (name, ": ", value, "\r\n")
-    return AppHead("".join(parts).encode("latin-1"), int(status[:3]), content_length)
+    return AppHead("".join(parts).encode("latin-1"), int(status[:3]), content_length, close)
 
 
 def build_response(
@@ -413,7 +558,7 @@ def build_response(
     app = status if isinstance(status, AppHead) else encode_head(status, headers or [])
     code = app.status_code
     no_body = method == "HEAD" or code in _NO_BODY_STATUS or code < 200
-    framer = ResponseFramer(code, no_body, keep_alive)
+    framer = ResponseFramer(code, no_body, keep_alive and not app.close)
     lines = [app.lines]
     if app.content_length is not None:
         framer.remaining = app.content_length

@@ -2,7 +2,7 @@
 
 Behind a load balancer the TCP peer is the proxy, not the client. The proxy
 reports the client in ``X-Forwarded-For``/``-Proto``/``-Host``/``-Port`` or in
-RFC 7239 ``Forwarded``. Those headers are believed only when the TCP peer is
+RFC 7239 ``Forwarded`` (one family is believed, by configuration). Those headers are believed only when the TCP peer is
 in ``forwarded_allow_ips``: anyone else could forge them. In a chain of
 proxies the client is the rightmost address that is *not* a trusted proxy.
 """
@@ -173,10 +173,15 @@ def _set_host(environ: dict[str, Any], host: str, scheme: str) -> None:
     environ["SERVER_PORT"] = port or ("443" if scheme == "https" else "80")
 
 
-def fix_environ(environ: dict[str, Any], trusted: TrustedPeers) -> None:
+def fix_environ(environ: dict[str, Any], trusted: TrustedPeers, family: str = "x-forwarded") -> None:
     """Rewrite REMOTE_ADDR, wsgi.url_scheme, HTTP_HOST/SERVER_NAME/SERVER_PORT from proxy headers.
 
     Does nothing unless the TCP peer is trusted; runs at most once per environ.
+    Only one header family is believed, ``family``: ``"x-forwarded"``
+    (X-Forwarded-For/-Proto/-Host/-Port, what nginx sets) or ``"forwarded"``
+    (RFC 7239). The other family is ignored: a proxy that sets one passes the
+    client's own copy of the other through, so believing both lets a client
+    spoof its address and scheme.
     """
     if PEER_KEY in environ:
         return
@@ -184,9 +189,10 @@ def fix_environ(environ: dict[str, Any], trusted: TrustedPeers) -> None:
     environ[PEER_KEY] = peer
     if peer not in trusted:
         return
-    forwarded = environ.get("HTTP_FORWARDED")
-    if forwarded:
-        _apply_forwarded(environ, forwarded, trusted)
+    if family == "forwarded":
+        forwarded = environ.get("HTTP_FORWARDED")
+        if forwarded:
+            _apply_forwarded(environ, forwarded, trusted)
     else:
         _apply_x_forwarded(environ, trusted)
 
@@ -235,13 +241,15 @@ def _apply_x_forwarded(environ: dict[str, Any], trusted: TrustedPeers) -> None:
 
 
 def make_proxy_fixer(config: Any) -> Callable[[dict[str, Any]], None] | None:
-    """The environ rewrite for ``config`` (``proxy_headers``/``forwarded_allow_ips``), or None if off."""
+    """The environ rewrite for ``config`` (``proxy_headers``, ``forwarded_allow_ips``,
+    ``forwarded_headers``), or None if off."""
     if not getattr(config, "proxy_headers", False):
         return None
     trusted = TrustedPeers(config.forwarded_allow_ips)
+    family = getattr(config, "forwarded_headers", "x-forwarded")
 
     def fix(environ: dict[str, Any]) -> None:
-        fix_environ(environ, trusted)
+        fix_environ(environ, trusted, family)
 
     return fix
 

@@ -26,7 +26,7 @@ from typing import Any, Protocol
 
 from .pool import ThreadPool
 from .protocol import AppHead, ResponseFramer, build_response, encode_head, error_response
-from .wsgi import check_headers, check_status
+from .wsgi import check_headers, check_status, early_hints_head
 
 log = logging.getLogger("wsgiplus.error")
 
@@ -216,6 +216,7 @@ class Runner:
         self._future: Any = None
         self._timer: asyncio.TimerHandle | None = None
         environ["wsgi.pause_output"] = environ["wsgiplus.pause_output"] = self.pause_output
+        environ["wsgi.early_hints"] = self.early_hints
 
     # -- loop thread -------------------------------------------------------
 
@@ -404,6 +405,16 @@ class Runner:
             self._timer.cancel()
             self._timer = None
         self._on_finished(self, keep_alive, abort)
+        self._release()
+
+    def _release(self) -> None:
+        """Break the environ <-> runner cycle (the bound methods in the environ) and drop the
+        iterable, so a finished request's body and environ are freed by reference counting,
+        never left to the cyclic GC."""
+        env = self.environ
+        for key in ("wsgi.pause_output", "wsgiplus.pause_output", "wsgi.early_hints"):
+            env.pop(key, None)
+        self._iterable = self._iterator = None
 
     @staticmethod
     def _cancel_future(fut: Any) -> None:
@@ -556,6 +567,9 @@ class Runner:
         else:
             head = self._head(None if self.method == "HEAD" else 0)
             self._push(head + self.framer.end())
+        mismatch = self.framer.length_mismatch()
+        if mismatch:
+            log.warning("response body of %s %s was %s", self.method, self.environ.get("PATH_INFO"), mismatch)
 
     def _head(self, known_length: int | None) -> bytes:
         """Serialise the head from the app's status and headers (once, with the first bytes)."""
@@ -618,6 +632,18 @@ class Runner:
             except BaseException:
                 log.exception("Error closing the app iterable for %s %s", self.method,
                               self.environ.get("PATH_INFO", ""))
+
+    def early_hints(self, headers: list[tuple[str, str]]) -> None:
+        """``wsgi.early_hints(headers)`` (as gunicorn): send a ``103 Early Hints`` now.
+
+        Before the response head only, and to HTTP/1.1 clients only (ignored
+        otherwise, as gunicorn does); bad headers raise like ``start_response``'s.
+        """
+        head = early_hints_head(headers)
+        if self.head_sent or self.http_version != "1.1" or self._stop_reason:
+            return
+        self._push(head)
+        self._post_flush()
 
     def pause_output(self) -> Callable[[], None]:
         """``wsgi.pause_output()``: the next ``b""`` the app yields parks the request

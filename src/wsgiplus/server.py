@@ -21,13 +21,22 @@ import traceback
 from collections.abc import Callable, Iterable
 from typing import Any
 
+from . import fdlimit
 from .config import Config
-from .listeners import bind_socket, describe, socket_from_fd
+from .listeners import bind_socket, describe, socket_from_fd, unix_socket_file, unlink_unix_socket
 from .pool import ThreadPool
-from .protocol import Data, EndOfMessage, ProtocolError, Request, RequestParser, error_response
+from .protocol import (
+    Data,
+    EndOfMessage,
+    MemoryBudget,
+    ProtocolError,
+    Request,
+    RequestParser,
+    error_response,
+)
 from .runner import Runner, Suspensions
 from .websocket import websocket_request
-from .wsgi import BodyBuffer, build_environ, environ_template
+from .wsgi import BodyBuffer, body_time_left, build_environ, environ_template
 
 log = logging.getLogger("wsgiplus.error")
 
@@ -42,9 +51,9 @@ class Exchange:
 
     __slots__ = ("request", "body", "complete", "runner")
 
-    def __init__(self, request: Request, spool: int) -> None:
+    def __init__(self, request: Request, spool: int, budget: MemoryBudget | None = None) -> None:
         self.request = request
-        self.body = BodyBuffer(spool) if request.has_body else None
+        self.body = BodyBuffer(spool, budget) if request.has_body else None
         self.complete = False
         self.runner: Runner | None = None
 
@@ -125,6 +134,8 @@ class HTTPConnection(asyncio.Protocol):
                 pass
         server = self.server
         server.connections.add(self)
+        if server.stopping:  # taken from the accept queue as the server stops
+            self.draining = True
         limit = config.max_connections
         if limit is not None and len(server.connections) > limit:
             log.warning("%d connections open (max_connections): answering 503", limit)
@@ -133,6 +144,7 @@ class HTTPConnection(asyncio.Protocol):
         self._set_timer(config.header_timeout, self._on_header_timeout)
 
     def data_received(self, data: bytes) -> None:
+        self.server.bytes_in += len(data)
         if self.pending_error is not None or self.closing:
             return
         if self.upgrade_buffer is not None:
@@ -159,7 +171,7 @@ class HTTPConnection(asyncio.Protocol):
             self._stash_upgraded(parser.upgraded_data)
         if self.receiving is not None:
             if self.receiving.body is not None:
-                self._set_timer(self.config.body_timeout, self._on_body_timeout)
+                self._set_body_timer(self.receiving.body)
         elif parser.idle and not parser.finished:
             # Between requests the parser holds nothing: hand it back (~1 KB less
             # for a long suspended request); the next bytes take one from the pool.
@@ -180,6 +192,8 @@ class HTTPConnection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.disconnected = True
         self._cancel_timer()
+        if self.parser is not None:
+            self.parser.close()  # a partial head: return its bytes to the budget
         self.server.connections.discard(self)
         for ex in self.queue:
             if ex.runner is not None:
@@ -203,7 +217,7 @@ class HTTPConnection(asyncio.Protocol):
             if kind is Data:
                 self.receiving.body.write(event.data)  # type: ignore[union-attr]
             elif kind is Request:
-                ex = Exchange(event, self.config.body_spool_size)
+                ex = Exchange(event, self.config.body_spool_size, self.server.budget)
                 self.receiving = ex
                 self.queue.append(ex)
                 if len(self.queue) == 1:
@@ -427,7 +441,7 @@ class HTTPConnection(asyncio.Protocol):
             return
         if self.queue and self.queue[0].runner is runner:
             del self.queue[0]
-        if abort or not keep_alive or self.closing or (self.draining and not self.queue):
+        if abort or not keep_alive or self.closing:
             self.close()
             return
         if self.queue:
@@ -436,10 +450,13 @@ class HTTPConnection(asyncio.Protocol):
             if ex.complete:
                 self._start(ex)
             elif ex.body is not None:
-                self._set_timer(self.config.body_timeout, self._on_body_timeout)
+                ex.body.restart_clock()  # its turn: the wait behind the others is not its fault
+                self._set_body_timer(ex.body)
         elif self.pending_error is not None:
             self._send_error(self.pending_error)
             return
+        elif self.draining:  # the head promised keep-alive: the client may reuse it now
+            self._drain_idle()
         else:
             self._idle = True
             self._set_timer(self.config.keepalive_timeout, self._on_keepalive_timeout, "keepalive")
@@ -463,11 +480,14 @@ class HTTPConnection(asyncio.Protocol):
 
     def _send_error(self, exc: ProtocolError) -> None:
         self.pending_error = exc
+        if self.server.metrics is not None:
+            self.server.metrics.rejected(exc.status)
         self.transport.write(error_response(exc.status, exc.reason))  # type: ignore[union-attr]
         self.close()
 
     def write(self, data: bytes) -> None:
         if not self.disconnected:
+            self.server.bytes_out += len(data)
             self.transport.write(data)  # type: ignore[union-attr]
 
     def close(self) -> None:
@@ -480,14 +500,34 @@ class HTTPConnection(asyncio.Protocol):
     def shutdown(self) -> None:
         """Graceful stop: never drop a request the client has sent.
 
-        An idle keep-alive connection is closed at once (clients know one may
-        close between requests). A new connection that has not delivered its
-        first request yet, or a request partly received, is answered first:
-        the head and body timers bound the wait, the graceful timeout the rest.
+        An idle keep-alive connection is closed after ``drain_grace`` seconds
+        of quiet (a request that arrives meanwhile is answered with
+        ``Connection: close``); so is one whose response, started with
+        keep-alive, ends during the stop. A new connection that has not
+        delivered its first request yet, or a request partly received, is
+        answered: the head and body timers bound the wait, the graceful
+        timeout the rest.
         """
         self.draining = True
+        for ex in self.queue:  # a head not sent yet says Connection: close
+            if ex.runner is not None and ex.runner.framer is None:
+                ex.runner.keep_alive = False
         between_requests = self.requests > 0 and (self.parser is None or self.parser.idle)
         if not self.queue and between_requests:
+            self._drain_idle()
+
+    def _drain_idle(self) -> None:
+        """An idle keep-alive connection on a graceful stop: close it after a quiet grace.
+
+        A pooling proxy may be sending a request on it right now; closing at once
+        loses that request (nginx never retries a POST it has sent). During the
+        grace whatever arrives is answered with ``Connection: close``.
+        """
+        grace = self.config.drain_grace
+        if grace > 0 and not self.closing:
+            self._idle = True
+            self._set_timer(grace, self._on_keepalive_timeout, "keepalive")
+        else:
             self.close()
 
     # -- timers -----------------------------------------------------------------
@@ -499,6 +539,10 @@ class HTTPConnection(asyncio.Protocol):
         self._timer_kind = kind
         self._on_timeout = callback
         self._deadline = self.loop.time() + delay
+
+    def _set_body_timer(self, body: BodyBuffer) -> None:
+        config = self.config
+        self._set_timer(body_time_left(body, config.body_timeout, config.body_min_rate), self._on_body_timeout)
 
     def _cancel_timer(self) -> None:
         self._deadline = 0.0
@@ -576,6 +620,10 @@ def new_event_loop(kind: str = "auto") -> asyncio.AbstractEventLoop:
                 raise
         else:
             return uvloop.new_event_loop()
+    if sys.platform != "win32":
+        from .fdlimit import SelectorLoop  # backs off on EMFILE instead of spinning
+
+        return SelectorLoop()
     return asyncio.new_event_loop()
 
 
@@ -586,6 +634,7 @@ class Server:
         self.app = app
         self.config = config or Config()
         self.limits = self.config.limits
+        self.budget = MemoryBudget(self.config.max_buffered_size)  # request heads and bodies
         self.server_header = b"wsgiplus" if self.config.server_header else None
         self.loop: asyncio.AbstractEventLoop = None  # type: ignore[assignment]
         self.pool: ThreadPool = None  # type: ignore[assignment]
@@ -593,8 +642,13 @@ class Server:
         self.active = 0  # requests handed to the app and not finished
         self.sockets: list[socket.socket] = []
         self._servers: list[asyncio.AbstractServer] = []
+        self._factories: list[tuple[socket.socket, Callable[[], HTTPConnection], Any]] = []
+        self.stopping = False  # a graceful stop has begun (readiness turns false)
+        self.bytes_in = 0  # received from clients, for metrics
+        self.bytes_out = 0  # sent to clients (responses; not 100 Continue or error pages)
+        self.metrics: Any = None  # a metrics.RequestStats, when metrics or statsd are on
         self._stopping: asyncio.Event | None = None
-        self._unix_paths: list[str] = []
+        self._unix_paths: list[tuple[str, tuple[int, int] | None]] = []
         self._idle_waiter: asyncio.Future | None = None
         self.started = False
         self.suspensions = Suspensions(self.config.max_suspended, self.config.suspend_timeout)
@@ -608,6 +662,7 @@ class Server:
         self._sweep_every = 1.0
         self._spare_parsers: list[RequestParser] = []
         self._warned: set[tuple[int, float]] = set()
+        self._uvloop = False
 
     @property
     def addresses(self) -> list[str]:
@@ -627,7 +682,7 @@ class Server:
         self.pool = ThreadPool(config.threads, affinity=config.thread_affinity)
         if sockets is None:  # ours to make, so ours to unlink at the end
             sockets = self.make_sockets()
-            self._unix_paths = [s.getsockname() for s in sockets if s.family == socket.AF_UNIX]
+            self._unix_paths = [unix_socket_file(s) for s in sockets if s.family == socket.AF_UNIX]
         self.sockets = sockets
         multiprocess = config.workers > 1
         tls = _ssl_context(config)
@@ -642,12 +697,15 @@ class Server:
             else:
                 srv = await self.loop.create_server(factory, sock=sock, backlog=config.backlog, ssl=tls)
             self._servers.append(srv)
+            self._factories.append((sock, factory, tls))
         self.started = True
         if config.blocking_warn:
             self._watchdog = self.loop.call_later(min(1.0, config.blocking_warn / 2), self._watch_pool)
-        timeouts = [t for t in (config.keepalive_timeout, config.header_timeout, config.body_timeout) if t]
+        timeouts = [t for t in (config.keepalive_timeout, config.header_timeout, config.body_timeout,
+                                config.drain_grace) if t]
         self._sweep_every = min([1.0] + [max(0.05, t / 4) for t in timeouts])
         self._sweeper = self.loop.call_later(self._sweep_every, self._sweep)
+        self._uvloop = type(self.loop).__module__.startswith("uvloop")
         for addr in self.addresses:
             log.info("WSGI+ listening on %s (%d threads, pid %d)", addr, config.threads, os.getpid())
 
@@ -663,7 +721,7 @@ class Server:
     def take_parser(self) -> RequestParser:
         """A parser at the start of a message: a spare one, else a new one."""
         spare = self._spare_parsers
-        return spare.pop() if spare else RequestParser(self.limits)
+        return spare.pop() if spare else RequestParser(self.limits, self.budget)
 
     def give_parser(self, parser: RequestParser) -> None:
         """Keep an idle parser for the next request, if it can parse another message."""
@@ -671,15 +729,19 @@ class Server:
             self._spare_parsers.append(parser)
 
     def access(self, conn: HTTPConnection, runner: Runner) -> None:
-        """Called once per finished request: the access log line."""
+        """Called once per finished request: the access log line, the metrics."""
         if self.access_log is not None:
             self.access_log(runner, conn)
+        if self.metrics is not None:
+            self.metrics.observe(runner)
 
     def _sweep(self) -> None:
         """Fire due connection timeouts (keep-alive, head, body): one timer for all."""
         now = self.loop.time()
         for conn in tuple(self.connections):
             conn.check_timer(now)
+        if self._uvloop:  # libuv closes clients at the fd limit silently: say so
+            fdlimit.probe(f"new connections are closed at once by uvloop; {len(self.connections)} open")
         self._sweeper = self.loop.call_later(self._sweep_every, self._sweep)
 
     def _watch_pool(self) -> None:
@@ -721,10 +783,14 @@ class Server:
     async def shutdown(self, timeout: float | None = None) -> None:
         """Stop accepting, let in-flight requests (suspended ones too) finish, then close."""
         timeout = self.config.graceful_timeout if timeout is None else timeout
+        self.stopping = True
+        queued = self._take_accept_queue()
         for srv in self._servers:
             srv.close()
         for conn in list(self.connections):
             conn.shutdown()
+        if queued:
+            await self._adopt(queued, timeout)
         if self.connections:
             self._idle_waiter = self.loop.create_future()
             try:
@@ -745,11 +811,52 @@ class Server:
                 pass
         # let iterables closed because of the abort finish their close() on the pool
         await self.loop.run_in_executor(None, self.pool.shutdown, 5.0)
-        for path in self._unix_paths:
+        for path, identity in self._unix_paths:
             try:
-                os.unlink(path)
+                unlink_unix_socket(path, identity)
             except OSError:
                 pass
+
+    def _take_accept_queue(self) -> list[tuple[socket.socket, Callable[[], HTTPConnection], Any]]:
+        """Accept what waits in the listen queues now, before closing them.
+
+        Closing a listening socket resets the connections the kernel has queued
+        on it; a proxy that has already sent a request on one cannot retry it.
+        Taking them first leaves a window of microseconds, not the whole drain.
+        """
+        taken = []
+        for sock, factory, tls in self._factories:
+            for _ in range(max(1, self.config.backlog)):
+                try:
+                    conn, _ = sock.accept()
+                except (BlockingIOError, InterruptedError):
+                    break
+                except OSError:
+                    break
+                conn.setblocking(False)
+                taken.append((conn, factory, tls))
+        return taken
+
+    async def _adopt(self, queued: list[tuple[socket.socket, Callable[[], HTTPConnection], Any]],
+                     timeout: float) -> None:
+        """Serve the connections ``_take_accept_queue`` took (a quick stop just closes them)."""
+        if timeout <= 0:
+            for sock, _, _ in queued:
+                sock.close()
+            return
+        handshake = min(timeout, self.config.header_timeout or timeout)
+        tasks = []
+        for sock, factory, tls in queued:
+            extra = {"ssl": tls, "ssl_handshake_timeout": handshake} if tls is not None else {}
+            tasks.append(self.loop.create_task(self.loop.connect_accepted_socket(factory, sock, **extra)))
+        done, pending = await asyncio.wait(tasks, timeout=handshake + 1)
+        for task in pending:
+            task.cancel()
+        for (sock, _, _), task in zip(queued, tasks, strict=True):
+            if task in pending or task.cancelled() or task.exception() is not None:
+                if task in done and not task.cancelled():
+                    log.info("a connection accepted while stopping failed: %s", task.exception())
+                sock.close()
 
     async def serve(self, sockets: list[socket.socket] | None = None) -> None:
         """Start, serve until ``request_stop()`` (or SIGTERM/SIGINT), then shut down."""

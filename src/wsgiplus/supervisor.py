@@ -34,7 +34,7 @@ from typing import Any
 
 from .config import Config
 from .importer import AppImportError, import_app
-from .listeners import bind_socket, describe, socket_from_fd
+from .listeners import bind_socket, describe, socket_from_fd, unix_socket_file, unlink_unix_socket
 from .server import Server, new_event_loop
 
 log = logging.getLogger("wsgiplus.error")
@@ -161,6 +161,14 @@ async def _serve_worker(config: Config, sockets: list[socket.socket] | None, sta
     server = WorkerServer(app, config, max_requests=max_requests,
                           on_max_requests=lambda: ask_replacement("max_requests"))
     await server.start(sockets)
+    metrics = None
+    if config.metrics_bind or config.statsd_host:
+        from .metrics import WorkerMetrics, bind_metrics_socket
+
+        # in one process the worker serves the listener; under a supervisor, the supervisor does
+        listener = bind_metrics_socket(config.metrics_bind) if config.metrics_bind and status_fd is None else None
+        metrics = WorkerMetrics(server, config, loop, listener_sock=listener,
+                                multiprocess=status_fd is not None and bool(config.metrics_bind))
     tell(MSG_READY)
 
     def stop(fast: bool) -> None:
@@ -198,6 +206,8 @@ async def _serve_worker(config: Config, sockets: list[socket.socket] | None, sta
     timeout = 0.0 if quick else config.graceful_timeout
     log.info("worker %d: stopping (%d requests in flight, graceful timeout %ss)", pid, server.active, timeout)
     await server.shutdown(timeout)
+    if metrics is not None:
+        metrics.close()
     log.info("worker %d: stopped after %d requests", pid, server.requests_done)
     return 0
 
@@ -235,7 +245,7 @@ class Supervisor:
         self.target = config.workers
         self.workers: dict[int, WorkerProcess] = {}
         self.sockets: list[socket.socket] = []
-        self.unix_paths: list[str] = []
+        self.unix_paths: list[tuple[str, tuple[int, int] | None]] = []
         self.stopping = False
         self.exit_status = 0
         self.signals: list[int] = []
@@ -243,6 +253,8 @@ class Supervisor:
         self.spawn_not_before = 0.0
         self.backoff = 1.0
         self._wake_r, self._wake_w = os.pipe()
+        self.restarts: dict[str, int] = {"replaced": 0, "died": 0}  # workers started to replace one
+        self.metrics: Any = None  # a SupervisorMetrics with --metrics-bind / --statsd-host
 
     # -- setup ----------------------------------------------------------
 
@@ -253,9 +265,13 @@ class Supervisor:
             sock = bind_socket(bind, config.backlog)
             self.sockets.append(sock)
             if sock.family == socket.AF_UNIX:
-                self.unix_paths.append(sock.getsockname())
+                self.unix_paths.append(unix_socket_file(sock))
         for sock in self.sockets:
             os.set_inheritable(sock.fileno(), False)
+        if config.metrics_bind or config.statsd_host:
+            from .metrics import SupervisorMetrics
+
+            self.metrics = SupervisorMetrics(self, self.selector)
 
     def _on_signal(self, signum: int, frame: Any) -> None:
         self.signals.append(signum)
@@ -290,6 +306,7 @@ class Supervisor:
         self.selector.register(read_fd, selectors.EVENT_READ, worker)
         if replaces is not None and replaces in self.workers:
             self.workers[replaces].replaced_by = pid
+            self.restarts["replaced"] += 1
         log.info("booting worker pid %d%s", pid, f" (to replace pid {replaces})" if replaces else "")
         return worker
 
@@ -310,6 +327,8 @@ class Supervisor:
                     os.close(other.status_fd)
                 except OSError:
                     pass
+            if self.metrics is not None:
+                self.metrics.in_child()
             status = run_worker(self.config, self.sockets, status_fd, self.app)
         except SystemExit as exc:
             status = exc.code if isinstance(exc.code, int) else 1
@@ -387,10 +406,14 @@ class Supervisor:
             os.close(worker.status_fd)
         code = os.waitstatus_to_exitcode(status)
         how = f"killed by signal {-code}" if code < 0 else f"exit status {code}"
+        if self.metrics is not None:
+            self.metrics.worker_gone(worker.pid)
         if worker.stopping:
             log.info("worker pid %d exited (%s)", worker.pid, how)
         else:
             log.warning("worker pid %d died unexpectedly (%s)", worker.pid, how)
+            if not self.stopping:
+                self.restarts["died"] += 1
         new = self.workers.get(worker.replaced_by) if worker.replaced_by is not None else None
         if new is not None:
             new.replaces = None
@@ -441,6 +464,14 @@ class Supervisor:
     def begin_stop(self, sig: int) -> None:
         if self.stopping and sig != signal.SIGQUIT:
             sig = signal.SIGQUIT  # asked twice: stop quickly
+        if not self.stopping and self.metrics is not None:
+            self.metrics.stopping()
+        if not self.stopping:
+            # Our copies of the listening sockets go now, so the kernel stops queueing
+            # connections that nobody would accept (they would be reset at exit);
+            # each worker takes what is queued before it closes its own copy.
+            for sock in self.sockets:
+                sock.close()
         self.stopping = True
         for worker in list(self.workers.values()):
             self.stop_worker(worker, sig)
@@ -485,6 +516,8 @@ class Supervisor:
                 self.reap()
                 self.kill_overdue()
                 self.maintain()
+                if self.metrics is not None:
+                    self.metrics.tick()
         finally:
             self.close()
         log.info("supervisor pid %d: stopped", os.getpid())
@@ -510,6 +543,11 @@ class Supervisor:
                         pass
                 except (BlockingIOError, InterruptedError):
                     pass
+            elif callable(key.data):  # the metrics listener
+                try:
+                    key.data()
+                except Exception:  # never the supervisor's end
+                    log.exception("metrics listener failed")
             elif key.data.status_fd >= 0:
                 self.on_message(key.data)
 
@@ -522,9 +560,11 @@ class Supervisor:
         signal.set_wakeup_fd(-1)
         for sock in self.sockets:
             sock.close()
-        for path in self.unix_paths:
+        if self.metrics is not None:
+            self.metrics.close()
+        for path, identity in self.unix_paths:
             try:
-                os.unlink(path)
+                unlink_unix_socket(path, identity)
             except OSError as exc:
                 if exc.errno != errno.ENOENT:
                     log.warning("cannot remove %s: %s", path, exc)

@@ -7,16 +7,19 @@ the hot path is a dict copy plus the request's own keys.
 from __future__ import annotations
 
 import io
+import logging
 import re
 import sys
 import tempfile
+import time
 from collections.abc import Iterator
 from typing import IO, Any
 from urllib.parse import unquote_to_bytes
 
-from .protocol import Request
+from .protocol import MemoryBudget, Request
 
-__all__ = ["BodyBuffer", "FileWrapper", "WSGIPLUS_VERSION", "build_environ", "check_headers", "environ_template"]
+__all__ = ["BodyBuffer", "FileWrapper", "WSGIPLUS_VERSION", "build_environ", "check_headers", "body_time_left", "early_hints_head",
+           "environ_template"]
 
 WSGIPLUS_VERSION = (1, 0)
 
@@ -34,67 +37,181 @@ HOP_BY_HOP = frozenset(
     }
 )
 
-_TOKEN = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
-_BAD_VALUE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
-_STATUS = re.compile(r"^[1-9][0-9]{2} [^\r\n]*$")
+# Every check is a full match: ``$`` also matches before a final "\n", which
+# would let a bare LF through into the head (response splitting).
+_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+# field-value (RFC 9110 5.5): VCHAR, obs-text, SP, HTAB; nothing else, nothing past latin-1
+_VALUE = re.compile(r"[\t\x20-\x7e\x80-\xff]*")
+# status-code SP reason-phrase (RFC 9112 4); 1xx is not a final response
+_STATUS = re.compile(r"[2-9][0-9]{2} [\t\x20-\x7e\x80-\xff]*")
+_DIGITS = re.compile(r"[0-9]+")
+
+log = logging.getLogger("wsgiplus.error")
+
+# hop-by-hop names already warned about (one warning per distinct name, bounded)
+_warned_hop: set[str] = set()
 
 
 def check_status(status: object) -> str:
-    if type(status) is not str or not _STATUS.match(status):
+    """The app's status line, or ValueError: 3 digits (not 1xx), a space, a clean reason."""
+    if type(status) is not str or not _STATUS.fullmatch(status):
+        if type(status) is str and status[:1] == "1" and _STATUS.fullmatch("2" + status[1:]):
+            raise ValueError(
+                f"informational status {status!r} from start_response: a 1xx is not a final "
+                "response (use environ['wsgi.early_hints'] for 103 Early Hints)"
+            )
         raise ValueError(f"invalid status line {status!r}: want a str like '200 OK'")
     return status
 
 
+def _drop_hop_by_hop(name: str) -> None:
+    lname = name.lower()
+    if lname not in _warned_hop and len(_warned_hop) < 64:
+        _warned_hop.add(lname)
+        log.warning("the app sent hop-by-hop header %r: dropped (the server frames the "
+                    "connection; this warning is logged once per header name)", name)
+
+
 def check_headers(headers: object) -> list[tuple[str, str]]:
-    """Refuse what would corrupt the response: CR/LF injection, hop-by-hop fields."""
+    """Validate the app's response headers; return the list to send.
+
+    Refused (ValueError/TypeError, so a 500): what would corrupt the response -
+    names that are not tokens, values with CR/LF/NUL/controls or past latin-1,
+    ``Transfer-Encoding`` (the server frames the body), a malformed or
+    conflicting ``Content-Length``. ``Connection: close`` is kept (the server
+    closes after this response); other hop-by-hop fields are dropped with one
+    warning per name; repeated identical Content-Lengths are sent once.
+    """
     if type(headers) is not list:
         raise TypeError(f"response headers must be a list, not {type(headers).__name__}")
-    for item in headers:
+    out = headers
+    content_length: str | None = None
+    for index, item in enumerate(headers):
         if type(item) is not tuple or len(item) != 2:
             raise TypeError(f"response header {item!r} is not a (name, value) tuple")
         name, value = item
         if type(name) is not str or type(value) is not str:
             raise TypeError(f"response header {item!r} must be two str")
-        if not _TOKEN.match(name):
+        if not _TOKEN.fullmatch(name):
             raise ValueError(f"invalid response header name {name!r}")
-        if _BAD_VALUE.search(value):
-            raise ValueError(f"invalid character in response header {name!r}")
+        if not _VALUE.fullmatch(value):
+            raise ValueError(f"invalid character in response header {name!r}: {value!r}")
         lname = name.lower()
+        keep = True
         if lname in HOP_BY_HOP:
-            raise ValueError(f"hop-by-hop header {name!r} is the server's, not the app's (PEP 3333)")
-        if lname == "content-length" and not value.strip().isdigit():
-            raise ValueError(f"invalid Content-Length {value!r}")
-    return headers
+            if lname == "transfer-encoding":
+                raise ValueError(f"hop-by-hop header {name!r} is the server's, not the app's (PEP 3333)")
+            if lname == "connection" and "close" in (t.strip().lower() for t in value.split(",")):
+                item = ("Connection", "close")
+            else:
+                _drop_hop_by_hop(name)
+                keep = False
+        elif lname == "content-length":
+            value = value.strip(" \t")
+            if not _DIGITS.fullmatch(value):
+                raise ValueError(f"invalid Content-Length {item[1]!r}")
+            value = str(int(value))  # no leading zeros: one spelling to compare
+            if content_length is not None:
+                if value != content_length:
+                    raise ValueError(f"two different Content-Lengths: {content_length!r} and {value!r}")
+                keep = False  # the same value again: send it once
+            content_length = value
+            if value != item[1]:
+                item = (name, value)
+        if out is headers and (not keep or item != headers[index]):
+            out = headers[:index]
+        if out is not headers and keep:
+            out.append(item)
+    return out
+
+
+def early_hints_head(headers: object) -> bytes:
+    """A ``103 Early Hints`` response head for ``wsgi.early_hints(headers)`` (checked as a final head's)."""
+    fields = check_headers(headers)
+    lines = ["HTTP/1.1 103 Early Hints\r\n"]
+    for name, value in fields:
+        if name.lower() not in ("connection", "content-length"):
+            lines += (name, ": ", value, "\r\n")
+    lines.append("\r\n")
+    return "".join(lines).encode("latin-1")
 
 
 class BodyBuffer:
-    """Collects a request body on the event loop; spills to a temp file past a size."""
+    """Collects a request body on the event loop; spills to a temp file past a size.
 
-    __slots__ = ("_file", "_size", "_spool", "_spilled")
+    The bytes kept in memory are charged to the server's ``MemoryBudget``; when
+    the budget is spent the body goes to a temp file at once (one log line per
+    10 s). They are returned when the buffer is freed (by reference counting:
+    the environ and the runner hold no cycle) or spilled.
+    """
 
-    def __init__(self, spool_size: int) -> None:
+    __slots__ = ("_file", "_size", "_spool", "_spilled", "_budget", "_charged", "started", "counted")
+
+    def __init__(self, spool_size: int, budget: MemoryBudget | None = None) -> None:
         self._file: IO[bytes] = io.BytesIO()
         self._size = 0
         self._spool = spool_size
         self._spilled = False
+        self._budget = budget
+        self._charged = 0
+        self.started = time.monotonic()  # for the body's total deadline (body_min_rate) ...
+        self.counted = 0  # ... which counts the bytes received since then
+
+    def restart_clock(self) -> None:
+        """Start the total deadline again from now (the body waited behind other requests)."""
+        self.started = time.monotonic()
+        self.counted = self._size
 
     def write(self, data: bytes) -> None:
         self._size += len(data)
-        if not self._spilled and self._size > self._spool:
-            spill = tempfile.TemporaryFile(prefix="wsgiplus-body-")
-            spill.write(self._file.getvalue())
-            self._file = spill
-            self._spilled = True
+        if not self._spilled:
+            budget = self._budget
+            if self._size > self._spool:
+                self._spill()
+            elif budget is not None:
+                if budget.take(len(data)):
+                    self._charged += len(data)
+                else:
+                    budget.refuse("request bodies go to temp files")
+                    self._spill()
         self._file.write(data)
+
+    def _spill(self) -> None:
+        spill = tempfile.TemporaryFile(prefix="wsgiplus-body-")
+        spill.write(self._file.getvalue())
+        self._file = spill
+        self._spilled = True
+        self._release()
+
+    def _release(self) -> None:
+        if self._charged:
+            self._budget.give(self._charged)  # type: ignore[union-attr]
+            self._charged = 0
+
+    def __del__(self) -> None:
+        self._release()
 
     @property
     def size(self) -> int:
         return self._size
 
+    @property
+    def in_memory(self) -> bool:
+        return not self._spilled
+
     def stream(self) -> IO[bytes]:
         """The finished body as a readable file positioned at its start."""
         self._file.seek(0)
         return self._file
+
+
+def body_time_left(body: BodyBuffer, timeout: float, min_rate: float | None) -> float:
+    """Seconds the body may still take: ``timeout`` between pieces, and in total
+    ``timeout + bytes received / min_rate`` from its start (so a trickle is cut)."""
+    if not min_rate or not timeout:
+        return timeout
+    total = body.started + timeout + (body.size - body.counted) / min_rate - time.monotonic()
+    return max(0.001, min(timeout, total))
 
 
 class FileWrapper:
@@ -154,6 +271,19 @@ class EmptyInput:
 
 
 _EMPTY_INPUT = EmptyInput()
+
+# fields a trailer section must not carry (RFC 9110 6.5.1): framing, routing,
+# request modifiers, authentication, and how to process the content
+FORBIDDEN_TRAILERS = frozenset(
+    name.encode()
+    for name in (
+        "transfer-encoding content-length host authorization proxy-authorization cookie "
+        "expect max-forwards pragma range te trailer cache-control if-match if-none-match "
+        "if-modified-since if-unmodified-since if-range content-encoding content-type "
+        "content-range x-forwarded-for x-forwarded-proto x-forwarded-host x-forwarded-port "
+        "forwarded connection keep-alive upgrade"
+    ).split()
+)
 
 _header_keys: dict[bytes, str | None] = {}
 
@@ -235,6 +365,13 @@ def build_environ(
                 continue
             text = environ[key] + ("; " if key == "HTTP_COOKIE" else ",") + text
         environ[key] = text
+    trailers = request.trailers
+    if trailers:  # never merged into HTTP_*: the head's fields were checked, these were not
+        environ["wsgiplus.trailers"] = [
+            (name.decode("latin-1"), value.decode("latin-1"))
+            for name, value in trailers
+            if name.lower() not in FORBIDDEN_TRAILERS
+        ]
     if request.chunked:
         environ.pop("HTTP_TRANSFER_ENCODING", None)
         if body is not None:

@@ -145,12 +145,14 @@ class Handshake:
         answering one it did not offer makes a conforming client fail). ``headers``
         are extra response fields (cookies, say), checked like any response header.
         """
-        from ..wsgi import check_headers
+        from ..wsgi import HOP_BY_HOP, check_headers
 
         if subprotocol is not None and subprotocol not in self.subprotocols:
             raise ValueError(f"subprotocol {subprotocol!r} was not offered by the client "
                              f"(offered: {self.subprotocols})")
-        extra = check_headers(list(headers))
+        # checked like any response header; framing and hop-by-hop fields are the 101's own
+        extra = [(n, v) for n, v in check_headers(list(headers))
+                 if n.lower() not in HOP_BY_HOP and n.lower() not in ("content-length", "upgrade")]
         lines = [
             b"HTTP/1.1 101 Switching Protocols\r\n",
             b"Upgrade: websocket\r\n",
