@@ -56,12 +56,18 @@ class _Probe(Mapping[str, Any]):
 
 
 class Atoms(Mapping[str, Any]):
-    """The atoms of one finished request, computed on first use; unknown atoms are ``-``."""
+    """The atoms of one finished exchange, computed on first use; unknown atoms are ``-``.
 
-    def __init__(self, runner: Any, now: float | None = None) -> None:
-        self.runner = runner
-        self.environ: dict[str, Any] = runner.environ
-        self.duration = max(0.0, (now if now is not None else time.monotonic()) - runner.started_at)
+    ``record`` is the exchange's ``wsgiplus.streams.ExchangeRecord``.
+    """
+
+    def __init__(self, record: Any, now: float | None = None) -> None:
+        self.record = record
+        self.environ: dict[str, Any] = record.environ
+        end = now if now is not None else record.ended_at
+        if end is None:
+            end = time.monotonic()
+        self.duration = max(0.0, end - record.started_at)
 
     def __iter__(self) -> Iterator[str]:
         return iter(_ATOMS)
@@ -91,29 +97,25 @@ class Atoms(Mapping[str, Any]):
         return None
 
     def request_line(self) -> str:
-        env = self.environ
-        return f"{self.method} {env.get('RAW_URI', '')} {env.get('SERVER_PROTOCOL', '')}"
+        rec = self.record
+        return f"{rec.method} {rec.target} {rec.protocol}"
 
     @property
     def method(self) -> str:
-        return getattr(self.runner, "method", None) or self.environ.get("REQUEST_METHOD", "-")
+        return self.record.method or "-"
 
     @property
     def status(self) -> str | None:
-        framer = getattr(self.runner, "framer", None)
-        if framer is not None:
-            return str(framer.status_code)
-        status = getattr(self.runner, "status", None)
-        return status[:3] if status else None
+        status = self.record.status
+        return str(status) if status is not None else None
 
     @property
     def sent(self) -> int:
-        framer = getattr(self.runner, "framer", None)
-        return framer.sent if framer is not None else 0
+        return self.record.bytes_sent
 
     def response_header(self, name: str) -> str | None:
         name = name.lower()
-        values = [v for k, v in (getattr(self.runner, "headers", None) or []) if k.lower() == name]
+        values = [v for k, v in (self.record.response_headers or []) if k.lower() == name]
         return ", ".join(values) if values else None
 
     def as_json(self) -> dict[str, Any]:
@@ -124,8 +126,8 @@ class Atoms(Mapping[str, Any]):
             "remote_addr": env.get("REMOTE_ADDR") or None,
             "user": basic_auth_user(env) or env.get("REMOTE_USER"),
             "method": self.method,
-            "path": env.get("RAW_URI"),
-            "protocol": env.get("SERVER_PROTOCOL"),
+            "path": self.record.target,
+            "protocol": self.record.protocol,
             "status": int(status) if status and status.isdigit() else None,
             "bytes": self.sent,
             "duration_ms": round(self.duration * 1000, 3),
@@ -156,7 +158,7 @@ _ATOMS: dict[str, Callable[[Atoms], Any]] = {
     "m": lambda a: a.method,
     "U": lambda a: a.environ.get("PATH_INFO"),
     "q": lambda a: a.environ.get("QUERY_STRING"),
-    "H": lambda a: a.environ.get("SERVER_PROTOCOL"),
+    "H": lambda a: a.record.protocol,
     "b": lambda a: str(a.sent),
     "B": lambda a: a.sent,
     "f": lambda a: a.environ.get("HTTP_REFERER"),
@@ -217,17 +219,17 @@ class AccessLogger:
             return None
         return cls(config.access_log_format, bool(getattr(config, "log_json", False)))
 
-    def line(self, runner: Any) -> str:
-        atoms = Atoms(runner)
+    def line(self, record: Any) -> str:
+        atoms = Atoms(record)
         if self.json:
             return json.dumps(atoms.as_json(), separators=(",", ":"))
         return self.format % atoms
 
-    def log(self, runner: Any, conn: Any = None) -> None:
-        """One finished request (``runner`` is a ``wsgiplus.runner.Runner``)."""
+    def log(self, record: Any, conn: Any = None) -> None:
+        """One finished exchange (``record`` is a ``wsgiplus.streams.ExchangeRecord``)."""
         if not self.logger.isEnabledFor(logging.INFO):
             return
         try:
-            self.logger.info(self.line(runner))
+            self.logger.info(self.line(record))
         except Exception:
             logging.getLogger("wsgiplus.error").exception("access log failed")

@@ -27,7 +27,6 @@ import logging
 import os
 import signal
 import sys
-import time
 from types import SimpleNamespace
 from typing import Any
 
@@ -51,9 +50,9 @@ class GunicornServer(WorkerServer):
                          on_max_requests=worker.max_requests_reached)
         self.worker = worker
 
-    def access(self, conn: Any, runner: Any) -> None:
-        super().access(conn, runner)
-        self.worker.log_access(runner)
+    def access(self, conn: Any, record: Any) -> None:
+        super().access(conn, record)
+        self.worker.log_access(record)
 
 
 def _request_headers(environ: dict[str, Any]) -> list[tuple[str, str]]:
@@ -123,16 +122,16 @@ class Worker(base.Worker):
         ours.setLevel(error_log.level)
         ours.propagate = False
 
-    def log_access(self, runner: Any) -> None:
+    def log_access(self, record: Any) -> None:
+        """One finished exchange (a ``wsgiplus.streams.ExchangeRecord``) to gunicorn's access log."""
         if not getattr(self.log, "access_log_enabled", True):
             return
-        environ = runner.environ
-        framer = runner.framer
-        status = runner.status or (str(framer.status_code) if framer is not None else "-")
-        resp = SimpleNamespace(status=status, headers=list(runner.headers or []),
-                               sent=framer.sent if framer is not None else 0)
+        environ = record.environ
+        status = str(record.status) if record.status is not None else "-"
+        resp = SimpleNamespace(status=status, headers=list(record.response_headers or []),
+                               sent=record.bytes_sent)
         req = SimpleNamespace(headers=_request_headers(environ))
-        request_time = datetime.timedelta(seconds=max(0.0, time.monotonic() - runner.started_at))
+        request_time = datetime.timedelta(seconds=record.duration)
         try:
             self.log.access(resp, req, environ, request_time)
         except Exception:

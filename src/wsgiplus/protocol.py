@@ -19,6 +19,8 @@ from http import HTTPStatus
 
 import httptools
 
+from .streams import ResponseHead
+
 __all__ = [
     "Data",
     "EndOfMessage",
@@ -31,6 +33,7 @@ __all__ = [
     "ResponseFramer",
     "build_response",
     "encode_head",
+    "error_page",
     "error_response",
     "http_date",
 ]
@@ -432,16 +435,19 @@ class RequestParser:
 
 # Response side ------------------------------------------------------------
 
-_date_cache: list = [0, b""]
+# (second, value) in ONE tuple, swapped whole: a thread never sees one second's
+# number with another second's text, also on a free-threaded CPython.
+_date_cache: tuple[int, bytes] = (0, b"")
 
 
 def http_date() -> bytes:
-    """The Date header value, computed at most once a second."""
+    """The Date header value, computed at most once a second (any thread)."""
+    global _date_cache
     now = int(time.time())
-    if _date_cache[0] != now:
-        _date_cache[0] = now
-        _date_cache[1] = formatdate(now, usegmt=True).encode("ascii")
-    return _date_cache[1]
+    cached = _date_cache
+    if cached[0] != now:
+        cached = _date_cache = (now, formatdate(now, usegmt=True).encode("ascii"))
+    return cached[1]
 
 
 _NO_BODY_STATUS = frozenset({204, 304})
@@ -504,47 +510,26 @@ class ResponseFramer:
         return None
 
 
-class AppHead:
-    """The app's part of a response head, serialised once: status line and its own fields.
+# The app's head, protocol-neutral (status code + header list, ``close`` for an
+# app's Connection: close, and the HTTP/1.1 serialisation cached on it): see
+# streams.ResponseHead.
+AppHead = ResponseHead
 
-    ``close``: the app sent ``Connection: close``; the connection closes after this response.
+
+def encode_head(status: str, headers: list[tuple[str, str]]) -> ResponseHead:
+    """A validated status and header list (see ``wsgi.check_headers``) as a head.
+
+    A ``Connection: close`` left in the list by the checks is not kept in the
+    head's fields: it becomes ``close`` and the server writes its own Connection field.
     """
-
-    __slots__ = ("lines", "status_code", "content_length", "close")
-
-    def __init__(self, lines: bytes, status_code: int, content_length: int | None,
-                 close: bool = False) -> None:
-        self.lines = lines
-        self.status_code = status_code
-        self.content_length = content_length
-        self.close = close
-
-
-def encode_head(status: str, headers: list[tuple[str, str]]) -> AppHead:
-    """Serialise a validated status and header list (see ``wsgi.check_headers``).
-
-    A ``Connection: close`` left in the list by the checks is not copied: it
-    becomes ``AppHead.close`` and the server writes its own Connection field.
-    """
-    content_length = None
-    close = False
-    parts = ["HTTP/1.1 ", status, "\r\n"]
-    for name, value in headers:
-        n = len(name)
-        if n == 14 and name.lower() == "content-length":
-            content_length = int(value)
-        elif n == 10 and name.lower() == "connection":
-            close = True
-            continue
-        parts += (name, ": ", value, "\r\n")
-    return AppHead("".join(parts).encode("latin-1"), int(status[:3]), content_length, close)
+    return ResponseHead(status, headers)
 
 
 def build_response(
     method: str,
     http_version: str,
     keep_alive: bool,
-    status: str | AppHead,
+    status: str | ResponseHead,
     headers: list[tuple[str, str]] | None = None,
     server_header: bytes | None = b"wsgiplus",
     known_length: int | None = None,
@@ -552,14 +537,15 @@ def build_response(
     """Serialise a response head; return it with the framer for the body.
 
     ``status`` and ``headers`` are the app's, already validated, or an ``AppHead``
-    made from them. ``known_length`` is the whole body's size when the server
+    made from them (its ``h1_lines()`` is used). ``known_length`` is the whole body's size when the server
     knows it before sending the head (a one-element list): no chunked framing.
     """
-    app = status if isinstance(status, AppHead) else encode_head(status, headers or [])
+    app = status if isinstance(status, ResponseHead) else ResponseHead(status, headers or [])
     code = app.status_code
     no_body = method == "HEAD" or code in _NO_BODY_STATUS or code < 200
     framer = ResponseFramer(code, no_body, keep_alive and not app.close)
-    lines = [app.lines]
+    h1 = app.h1
+    lines = [h1 if h1 is not None else app.h1_lines()]
     if app.content_length is not None:
         framer.remaining = app.content_length
     elif code in _NO_BODY_STATUS or code < 200:
@@ -586,15 +572,29 @@ def build_response(
     return b"".join(lines), framer
 
 
-def error_response(status: int, reason: str = "", keep_alive: bool = False) -> bytes:
-    """A complete small plain-text response for errors the server answers itself."""
+def error_page(
+    status: int, reason: str = "", keep_alive: bool = False, server_header: bytes | None = None
+) -> tuple[bytes, int]:
+    """A complete small plain-text response for errors the server answers itself,
+    and the size of its body (for the access record)."""
     phrase = HTTPStatus(status).phrase
     body = f"{status} {phrase}\n{reason}\n".encode("latin-1", "replace") if reason else f"{status} {phrase}\n".encode()
     head = [
         f"HTTP/1.1 {status} {phrase}\r\n".encode(),
         b"Content-Type: text/plain; charset=utf-8\r\n",
         b"Content-Length: %d\r\n" % len(body),
+    ]
+    if server_header:
+        head += (b"Server: ", server_header, b"\r\n")
+    head += (
         b"Date: " + http_date() + b"\r\n",
         b"Connection: keep-alive\r\n\r\n" if keep_alive else b"Connection: close\r\n\r\n",
-    ]
-    return b"".join(head) + body
+    )
+    return b"".join(head) + body, len(body)
+
+
+def error_response(
+    status: int, reason: str = "", keep_alive: bool = False, server_header: bytes | None = None
+) -> bytes:
+    """A complete small plain-text response for errors the server answers itself."""
+    return error_page(status, reason, keep_alive, server_header)[0]

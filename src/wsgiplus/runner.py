@@ -3,15 +3,21 @@
 A *step* runs on a pool thread, inside the request's own ``contextvars.Context``:
 it calls the app (first step) and then pulls items from the iterable for as
 long as they are bytes. It ends when the app yields a future (suspend), when
-the connection's write buffer is over its high-water mark (drain), when the
-app yields ``b""`` after ``wsgi.pause_output()`` (pause), or at the end. The
-step posts one wake-up to the event loop with its outcome; everything else -
-watching the future, timers, disconnects - happens on the loop thread, which
-submits the next step when the request can go on.
+the stream is not writable (drain), when the app yields ``b""`` after
+``wsgi.pause_output()`` (pause), or at the end. The step posts one wake-up to
+the event loop with its outcome; everything else - watching the future,
+timers, disconnects - happens on the loop thread, which submits the next step
+when the request can go on.
 
-Body bytes produced in a step go to an outbox that the loop flushes: a chunk
-is handed over before the app is asked for the next one (PEP 3333 forbids
-holding a block back), but a burst of chunks costs one wake-up, not one each.
+The runner knows nothing of HTTP/1.1 or HTTP/2: it talks to its exchange
+through a ``streams.Stream`` (``start`` / ``data`` / ``end`` from the step,
+``flush`` / ``complete`` / ``error`` / ``abort`` from the loop). The stream
+frames, writes error pages and decides keep-alive. Body bytes a step produces
+go to the stream's outbox; a chunk is handed to the loop before the app is
+asked for the next one (PEP 3333 forbids holding a block back), but a burst of
+chunks costs one wake-up, not one each.
+
+States and the transitions between them are written once, in ``_TRANSITIONS``.
 """
 
 from __future__ import annotations
@@ -20,41 +26,82 @@ import asyncio
 import contextvars
 import logging
 import threading
-import time
 from collections.abc import Callable, Iterable
-from typing import Any, Protocol
+from enum import IntEnum
+from typing import Any
 
 from .pool import ThreadPool
-from .protocol import AppHead, ResponseFramer, build_response, encode_head, error_response
-from .wsgi import check_headers, check_status, early_hints_head
+from .streams import NO_ENVIRON, OUTBOX_HIGH_WATER, ResponseHead, Stream
+from .wsgi import check_headers, check_status
 
 log = logging.getLogger("wsgiplus.error")
 
-__all__ = ["Runner", "Sink"]
+__all__ = ["IllegalTransition", "OUTBOX_HIGH_WATER", "Runner", "State", "Suspensions", "app_head"]
 
-# step outcomes
+# step outcomes (pool thread -> loop)
 _DONE = 0  # response complete
 _SUSPEND = 1  # waiting on a future
-_DRAIN = 2  # waiting for the write buffer to drain
+_DRAIN = 2  # waiting for the stream to be writable
 _PAUSE = 3  # waiting for wsgi.pause_output's resume()
-_FAILED = 4  # app error before the head was sent: a 500 is in the outbox
+_FAILED = 4  # app error before the head was sent: the stream answers 500
 _ABORT = 5  # app error after the head was sent: the response is broken
 _STOPPED = 6  # closed early because of a disconnect or the deadline
-_HANDED_OVER = 7  # the app raised StopIteration from its call: it spoke on the raw socket
+_HANDED_OVER = 7  # the app raised StopIteration from its call: it answered on the raw socket
 
-# loop-side states
-_PENDING, _RUNNING, _SUSPENDED, _DRAINING, _PAUSED, _CLOSING, _FINISHED = range(7)
 
-OUTBOX_HIGH_WATER = 256 * 1024
+class State(IntEnum):
+    """Where a runner is; changed only on the loop thread, only through ``Runner._to``."""
+
+    PENDING = 0  # made; the app has not been called
+    RUNNING = 1  # a step is queued or running on the pool
+    SUSPENDED = 2  # parked: waiting on a future the app yielded
+    DRAINING = 3  # parked: waiting for the stream to be writable
+    PAUSED = 4  # parked: waiting for pause_output's resume()
+    READING = 5  # parked: waiting for request input (reserved for streaming wsgi.input)
+    CLOSING = 6  # stopped early: the close() step is queued
+    FINISHED = 7  # the stream has been told (complete, error or abort)
+
+
+# Module aliases: ``State.X`` is a class-attribute lookup through EnumType (~200 ns
+# on 3.11), a global is not. States are singletons: compared with ``is``.
+_PENDING = State.PENDING
+_RUNNING = State.RUNNING
+_SUSPENDED = State.SUSPENDED
+_DRAINING = State.DRAINING
+_PAUSED = State.PAUSED
+_READING = State.READING
+_CLOSING = State.CLOSING
+_FINISHED = State.FINISHED
+_PARKED = (_SUSPENDED, _DRAINING, _PAUSED, _READING)
+
+# The one place where transitions are written.
+_TRANSITIONS: dict[State, tuple[State, ...]] = {
+    State.PENDING: (State.RUNNING, State.FINISHED),
+    State.RUNNING: (*_PARKED, State.CLOSING, State.FINISHED),
+    State.SUSPENDED: (State.RUNNING, State.CLOSING),
+    State.DRAINING: (State.RUNNING, State.CLOSING),
+    State.PAUSED: (State.RUNNING, State.CLOSING),
+    State.READING: (State.RUNNING, State.CLOSING),
+    State.CLOSING: (State.FINISHED,),
+    State.FINISHED: (),
+}
+# the same as a set of ints, checked on every transition
+_ALLOWED = frozenset(int(old) * 8 + int(new) for old, targets in _TRANSITIONS.items() for new in targets)
+
+
+class IllegalTransition(RuntimeError):
+    """A runner was asked to go from one state to a state ``_TRANSITIONS`` does not allow."""
+
 
 # Apps send the same status and headers again and again: validate and encode
-# each distinct set once. Bounded; cleared when full.
-_HEADS: dict[tuple, AppHead] = {}
+# each distinct set once. Bounded; cleared when full. Pool threads share it:
+# single dict operations (get, set, clear) are atomic, also without the GIL.
+_HEADS: dict[tuple, ResponseHead] = {}
 _HEADS_MAX = 1024
 
 
-def app_head(status: str, headers: list[tuple[str, str]]) -> AppHead:
-    """Validate and serialise an app's status and headers, from the cache when seen before."""
+def app_head(status: str, headers: list[tuple[str, str]]) -> ResponseHead:
+    """Validate an app's status and headers, from the cache when seen before."""
     key = None
     if type(headers) is list:
         try:
@@ -64,12 +111,15 @@ def app_head(status: str, headers: list[tuple[str, str]]) -> AppHead:
             key = hit = None
         if hit is not None:
             return hit
-    head = encode_head(check_status(status), check_headers(headers))
+    head = ResponseHead(check_status(status), check_headers(headers))
     if key is not None:
         if len(_HEADS) >= _HEADS_MAX:
             _HEADS.clear()
         _HEADS[key] = head
     return head
+
+# the environ keys bound to a runner, removed when it finishes
+_BOUND_KEYS = ("wsgi.pause_output", "wsgiplus.pause_output", "wsgi.early_hints")
 
 # why a request was stopped early, and what the client gets if its head is not sent yet
 _STOP_STATUS = {
@@ -77,14 +127,6 @@ _STOP_STATUS = {
     "suspend_timeout": (504, "a suspension ran past its timeout"),
     "overload": (503, "too many suspended requests"),
 }
-
-
-class _TakenFramer(ResponseFramer):
-    __slots__ = ()
-
-    def body(self, data: bytes) -> bytes:
-        raise RuntimeError("the connection was handed over (WebSocket accept): "
-                           "the app may yield futures, not bytes")
 
 
 class Suspensions:
@@ -98,56 +140,39 @@ class Suspensions:
         self.timeout = timeout  # per suspension, seconds
 
 
-class Sink(Protocol):
-    """What a runner needs from its connection (all called on the loop thread)."""
-
-    write_paused: bool  # also read from pool threads
-    disconnected: bool
-
-    def write(self, data: bytes) -> None: ...
-
-
 class Runner:
     """One request's trip through the app, from ``app(environ, start_response)`` to ``close()``.
 
-    ``on_finished(runner, keep_alive, abort)`` is called once on the loop thread
-    when the response is complete (``keep_alive`` says whether the connection
-    may carry another request) or must be cut short (``abort``).
+    Made by the connection with its exchange's ``stream`` and started with the
+    environ (``start(environ)``, loop thread). It ends by calling exactly one of
+    ``stream.complete()``, ``stream.error(status, reason)`` or
+    ``stream.abort(reason)``, once, on the loop thread. The stream calls back
+    ``on_writable()`` and ``on_disconnect()`` (loop thread).
     """
 
     __slots__ = (
         "app",
         "environ",
-        "sink",
+        "stream",
         "loop",
         "_pool",
         "_affinity",
         "_home",
-        "_on_finished",
-        "method",
-        "http_version",
-        "keep_alive",
-        "server_header",
         "timeout",
         "suspensions",
         "_suspend_timer",
         "context",
         "state",
-        "started_at",
         "status",
         "headers",
         "_app_head",
         "head_sent",
-        "framer",
         "_iterable",
         "_iterator",
         "_single_chunk",
         "_eager",
         "_closed",
         "_lock",
-        "_out",
-        "_out_size",
-        "_flush_posted",
         "_stop_reason",
         "_pause_token",
         "_parked",
@@ -155,84 +180,87 @@ class Runner:
         "_write_ready",
         "_future",
         "_timer",
+        "__weakref__",
     )
 
     def __init__(
         self,
         app: Callable[..., Iterable[Any]],
-        environ: dict[str, Any],
-        sink: Sink,
+        stream: Stream,
         loop: asyncio.AbstractEventLoop,
         pool: ThreadPool,
-        on_finished: Callable[[Runner, bool, bool], None],
         *,
-        method: str,
-        http_version: str,
-        keep_alive: bool,
-        server_header: bytes | None = b"wsgiplus",
         timeout: float | None = None,
         suspensions: Suspensions | None = None,
     ) -> None:
         self.app = app
-        self.environ = environ
-        self.sink = sink
+        self.environ: dict[str, Any] = NO_ENVIRON
+        self.stream = stream
+        stream.consumer = self
         self.loop = loop
         self._pool = pool
         self._affinity = pool.affinity
         self._home: int | None = None  # the thread that started it, with affinity
-        self._on_finished = on_finished
-        self.method = method
-        self.http_version = http_version
-        self.keep_alive = keep_alive
-        self.server_header = server_header
         self.timeout = timeout
         self.suspensions = suspensions or Suspensions()
         self._suspend_timer: asyncio.TimerHandle | None = None
         self.context = contextvars.Context()
         self.state = _PENDING
-        self.started_at = 0.0
-        # app side (pool threads, one at a time)
+        # app side: written by the step's pool thread (steps never overlap); the
+        # loop reads them only after that step's wake-up
         self.status: str | None = None
         self.headers: list[tuple[str, str]] = []
-        self._app_head: AppHead | None = None
+        self._app_head: ResponseHead | None = None
         self.head_sent = False
-        self.framer: ResponseFramer | None = None
         self._iterable: Iterable[Any] | None = None
         self._iterator: Any = None
         self._single_chunk = False
         self._eager = False
         self._closed = False
         # shared between pool threads and the loop
-        self._lock = threading.Lock()
-        self._out: list[bytes] | None = None  # made with the first chunk: most waits have none
-        self._out_size = 0
-        self._flush_posted = False
-        self._stop_reason: str | None = None  # "disconnect" or "deadline", set by the loop
+        self._lock = stream._lock  # the exchange's one lock: _pause_token, _parked, _write_ready
+        self._stop_reason: str | None = None  # written once by the loop; steps poll it
         self._pause_token: object | None = None
         self._parked = False
-        self._resume_early = False
         self._write_ready: threading.Event | None = None
         # loop side
+        self._resume_early = False
         self._future: Any = None
         self._timer: asyncio.TimerHandle | None = None
-        environ["wsgi.pause_output"] = environ["wsgiplus.pause_output"] = self.pause_output
-        environ["wsgi.early_hints"] = self.early_hints
+
+    @property
+    def method(self) -> str:
+        return self.stream.record.method
+
+    def _to(self, new: State) -> None:
+        """The only way ``state`` changes: refuses what ``_TRANSITIONS`` does not allow."""
+        old = self.state
+        if old * 8 + new not in _ALLOWED:
+            raise IllegalTransition(f"runner state {old.name} -> {new.name} is not allowed")
+        self.state = new
 
     # -- loop thread -------------------------------------------------------
 
     def _submit(self, fn: Callable[..., None], *args: Any) -> None:
         self._pool.submit_to(self._home, fn, *args)
 
-    def start(self) -> None:
-        self.state = _RUNNING
-        self.started_at = time.monotonic()
+    def start(self, environ: dict[str, Any]) -> None:
+        """Call the app with ``environ`` (made by ``wsgi.make_environ``) on the pool."""
+        self.environ = environ
+        if self.state is not _PENDING:
+            self._to(_RUNNING)  # refuses: a runner starts once
+        self.state = _RUNNING  # PENDING -> RUNNING, in _TRANSITIONS
         if self.timeout:
             self._timer = self.loop.call_later(self.timeout, self._on_deadline)
         self._pool.submit(self._run)
 
     def _after_step(self, outcome: int, arg: Any) -> None:
-        self._flush()
-        if outcome == _SUSPEND:
+        stream = self.stream
+        stream.flush()
+        if outcome == _DONE:  # the common case first
+            if self._finish():
+                stream.complete()
+        elif outcome == _SUSPEND:
             gate = self.suspensions
             if not self._stop_reason and gate.limit is not None and gate.count >= gate.limit:
                 log.warning("%d requests already suspended: refusing %s %s", gate.count,
@@ -242,7 +270,7 @@ class Runner:
                 self._cancel_future(arg)
                 self._close_then(self._stop_reason)
                 return
-            self.state = _SUSPENDED
+            self._to(_SUSPENDED)
             gate.count += 1
             if gate.timeout:
                 self._suspend_timer = self.loop.call_later(gate.timeout, self._on_suspend_timeout)
@@ -250,8 +278,8 @@ class Runner:
         elif outcome == _DRAIN:
             if self._stop_reason:
                 self._close_then(self._stop_reason)
-            elif self.sink.write_paused:
-                self.state = _DRAINING
+            elif stream.paused:
+                self._to(_DRAINING)
             else:
                 self._submit(self._run)
         elif outcome == _PAUSE:
@@ -261,43 +289,49 @@ class Runner:
                 self._resume_early = False
                 self._submit(self._run)
             else:
-                self.state = _PAUSED
-        elif outcome == _DONE:
-            self._finish(self.framer.keep_alive if self.framer else False, False)
+                self._to(_PAUSED)
         elif outcome == _FAILED:
-            self._finish(False, False)
+            if self._finish():
+                stream.error(500)
         elif outcome == _ABORT:
-            self._finish(False, True)
+            if self._finish():
+                stream.abort("app error")
         elif outcome == _HANDED_OVER:
-            self._finish(False, True)  # send nothing, close, never reuse (gunicorn's rule)
+            if self._finish():
+                stream.abort("handed over")  # send nothing, close, never reuse (gunicorn's rule)
         else:  # _STOPPED
             self._stopped(arg)
 
-    # -- a connection handed over (WebSocket accept) -----------------------
+    # -- a connection handed over (WebSocket accept, takeover) -------------
 
-    def take_over(self, status_code: int) -> None:
-        """The connection now speaks another protocol: send no HTTP response.
+    def take_over(self) -> None:
+        """The connection now speaks another protocol: the runner sends no response.
 
-        Called on the app's pool thread by ``accept()`` (or on the loop for a
-        refusal); the access log shows ``status_code``.
+        Called on the app's pool thread by ``accept()`` / ``wsgiplus.takeover``,
+        during the step (the field is the step's, as ``head_sent`` always is).
+        A status the app still gives ``start_response`` is never sent.
         """
-        self.head_sent = True  # the status the app may still give start_response is never sent
-        self.framer = _TakenFramer(status_code, True, False)
+        self.head_sent = True
 
     def as_websocket(self, suspensions: Suspensions) -> None:
-        """Loop thread: waits now count against ``suspensions`` and no request deadline applies."""
+        """Loop thread: waits now count against ``suspensions``; no request deadline applies.
+
+        Called before the step that accepted posts its wake-up (the switch is
+        posted first), so no suspension is counted in the old gate.
+        """
         self.suspensions = suspensions
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
 
     def stop_if_suspended(self, reason: str) -> None:
-        """Stop the app if it is parked (on a future that no one may complete now)."""
-        if self.state == _SUSPENDED:
+        """Loop thread: stop the app if it is parked on something no one may complete now."""
+        state = self.state
+        if state is _SUSPENDED:
             done = getattr(self._future, "done", None)
             if done is not None and done():
                 return  # its wake-up is on the way (the socket's receive() gave None)
-        if self.state in (_SUSPENDED, _DRAINING, _PAUSED):
+        if state in _PARKED:
             self._stop(reason)
 
     def _watch(self, fut: Any) -> None:
@@ -319,11 +353,11 @@ class Runner:
             pass
 
     def _on_future_done(self, fut: Any) -> None:
-        if self.state != _SUSPENDED or self._future is not fut:
+        if self.state is not _SUSPENDED or self._future is not fut:
             return
         self._future = None
         self._leave_suspension()
-        self.state = _RUNNING
+        self._to(_RUNNING)
         self._submit(self._run)
 
     def _leave_suspension(self) -> None:
@@ -338,30 +372,26 @@ class Runner:
                     self.environ.get("PATH_INFO"), self.suspensions.timeout)
         self._stop("suspend_timeout")
 
-    def on_drain(self) -> None:
-        """The connection's write buffer went below its low-water mark."""
-        if self.state == _DRAINING:
-            self.state = _RUNNING
+    def on_writable(self) -> None:
+        """The stream can take more data (HTTP/1.1: the write buffer drained)."""
+        if self.state is _DRAINING:
+            self._to(_RUNNING)
             self._submit(self._run)
-        event = self._write_ready
-        if event is not None:
-            self._write_ready = None
-            event.set()
+        self._release_writer()
+
+    on_drain = on_writable  # the name before the seam
 
     def _on_resume(self) -> None:
-        if self.state == _PAUSED:
-            self.state = _RUNNING
+        if self.state is _PAUSED:
+            self._to(_RUNNING)
             self._submit(self._run)
-        elif self.state == _RUNNING:
+        elif self.state is _RUNNING:
             self._resume_early = True
 
     def on_disconnect(self) -> None:
         """The client went away: stop the app, close the iterable, cancel what it waits on."""
         self._stop("disconnect")
-        event = self._write_ready
-        if event is not None:
-            self._write_ready = None
-            event.set()
+        self._release_writer()
 
     def _on_deadline(self) -> None:
         self._timer = None
@@ -370,51 +400,59 @@ class Runner:
         self._stop("deadline")
 
     def _stop(self, reason: str) -> None:
-        if self.state in (_FINISHED, _CLOSING) or self._stop_reason:
+        state = self.state
+        if state is _FINISHED or state is _CLOSING or self._stop_reason:
             return
-        if self.state == _PENDING:
-            self.state = _FINISHED  # the app was never called
+        if state is _PENDING:
+            self._to(_FINISHED)  # the app was never called: nothing to tell
             return
         self._stop_reason = reason  # a running step sees it at its next item
-        if self.state == _SUSPENDED:
+        if state is _SUSPENDED:
             self._leave_suspension()
-        if self.state in (_SUSPENDED, _DRAINING, _PAUSED):
+        if state in _PARKED:
             self._cancel_future(self._future)
             self._future = None
             self._close_then(reason)
 
     def _close_then(self, reason: str) -> None:
-        self.state = _CLOSING
+        self._to(_CLOSING)
         self._submit(self._run_close, reason)
 
     def _stopped(self, reason: str) -> None:
-        self._flush()
-        answer = _STOP_STATUS.get(reason)
-        if answer is not None and not self.head_sent and not self.sink.disconnected:
-            self.status = f"{answer[0]} {answer[1]}"
-            self.sink.write(error_response(*answer))
-            self._finish(False, False)
-        else:
-            self._finish(False, True)
-
-    def _finish(self, keep_alive: bool, abort: bool) -> None:
-        if self.state == _FINISHED:
+        stream = self.stream
+        stream.flush()
+        if not self._finish():
             return
+        answer = _STOP_STATUS.get(reason)
+        if answer is not None and not self.head_sent and not stream.disconnected:
+            self.status = f"{answer[0]} {answer[1]}"
+            stream.error(*answer)
+        else:
+            stream.abort(reason)
+
+    def _finish(self) -> bool:
+        """Enter FINISHED; False if already there (the stream is told exactly once).
+
+        Also drops the references that make cycles (runner <-> stream, runner <->
+        environ), so a finished request is freed by reference counting, not the
+        cyclic GC; the stream keeps the environ in its record for the access log.
+        """
+        state = self.state
+        if state is _FINISHED:
+            return False
+        if state is not _RUNNING:  # RUNNING -> FINISHED is the common case, in _TRANSITIONS
+            self._to(_FINISHED)
         self.state = _FINISHED
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        self._on_finished(self, keep_alive, abort)
-        self._release()
-
-    def _release(self) -> None:
-        """Break the environ <-> runner cycle (the bound methods in the environ) and drop the
-        iterable, so a finished request's body and environ are freed by reference counting,
-        never left to the cyclic GC."""
+        self.stream.consumer = None
         env = self.environ
-        for key in ("wsgi.pause_output", "wsgiplus.pause_output", "wsgi.early_hints"):
+        for key in _BOUND_KEYS:  # bound to this runner: an environ the app keeps holds no runner
             env.pop(key, None)
+        self.environ = NO_ENVIRON
         self._iterable = self._iterator = None
+        return True
 
     @staticmethod
     def _cancel_future(fut: Any) -> None:
@@ -428,22 +466,20 @@ class Runner:
         except Exception:  # a future-like without cancel, or a closed loop
             log.debug("could not cancel %r", fut, exc_info=True)
 
-    def _flush(self) -> None:
+    def _release_writer(self) -> None:
+        """Wake an app thread blocked in the legacy ``write()``."""
         with self._lock:
-            out = self._out
-            self._out = None
-            self._out_size = 0
-            self._flush_posted = False
-        if out and not self.sink.disconnected:
-            self.sink.write(out[0] if len(out) == 1 else b"".join(out))
+            event = self._write_ready
+            self._write_ready = None
+        if event is not None:
+            event.set()
 
     def _check_writable(self) -> None:
-        """For the blocking ``write()``: release the app thread once the buffer drains."""
-        self._flush()
-        event = self._write_ready
-        if event is not None and (not self.sink.write_paused or self.sink.disconnected):
-            self._write_ready = None
-            event.set()
+        """For the blocking ``write()``: release the app thread once the stream drains."""
+        stream = self.stream
+        stream.flush()
+        if not stream.paused or stream.disconnected:
+            self._release_writer()
 
     # -- pool threads -------------------------------------------------------
 
@@ -458,6 +494,7 @@ class Runner:
         self.loop.call_soon_threadsafe(self._stopped, reason)
 
     def _step(self) -> tuple[int, Any]:
+        stream = self.stream
         try:
             it = self._iterator
             if it is None:
@@ -479,18 +516,16 @@ class Runner:
                 it = self._iterator = iter(result)
             else:
                 eager = self._eager
-            sink = self.sink
             while True:
                 if self._stop_reason:
                     self._close_iterable()
                     return _STOPPED, self._stop_reason
-                if self._out and not eager and not self._flush_posted:
-                    self._post_flush()
+                if not eager and stream.outbox is not None and not stream.flush_posted:
+                    stream.request_flush()
                 item = next(it)
                 if type(item) is bytes or isinstance(item, (bytes, bytearray, memoryview)):
                     if item:
-                        self._send(bytes(item) if type(item) is not bytes else item)
-                        if self._out_size > OUTBOX_HIGH_WATER or sink.write_paused:
+                        if not self._send(bytes(item) if type(item) is not bytes else item):
                             return _DRAIN, None
                     elif self._pause_token is not None:
                         with self._lock:
@@ -513,7 +548,9 @@ class Runner:
         except BaseException as exc:  # the app's error, reported like any server does
             return self._app_error(exc)
         try:
-            self._end_body()
+            if not self.head_sent:
+                self._start_head(0)
+            stream.end()
         except BaseException as exc:
             return self._app_error(exc)
         self._close_iterable()
@@ -543,66 +580,35 @@ class Runner:
             raise ConnectionResetError("client disconnected")
         if not data:
             return
-        self._send(data)
-        if self._out_size > OUTBOX_HIGH_WATER or self.sink.write_paused:
-            event = threading.Event()
-            self._write_ready = event
-            self.loop.call_soon_threadsafe(self._check_writable)
-            event.wait()
-            if self._stop_reason == "disconnect":
-                raise ConnectionResetError("client disconnected")
-        else:
-            self._post_flush()
-
-    def _send(self, data: bytes) -> None:
-        if self.head_sent:
-            self._push(self.framer.body(data))
-        else:
-            head = self._head(len(data) if self._single_chunk else None)
-            self._push(head + self.framer.body(data))
-
-    def _end_body(self) -> None:
-        if self.head_sent:
-            self._push(self.framer.end())
-        else:
-            head = self._head(None if self.method == "HEAD" else 0)
-            self._push(head + self.framer.end())
-        mismatch = self.framer.length_mismatch()
-        if mismatch:
-            log.warning("response body of %s %s was %s", self.method, self.environ.get("PATH_INFO"), mismatch)
-
-    def _head(self, known_length: int | None) -> bytes:
-        """Serialise the head from the app's status and headers (once, with the first bytes)."""
-        if self.status is None:
-            raise AssertionError("the app sent a body (or returned) before calling start_response")
-        head, self.framer = build_response(
-            self.method,
-            self.http_version,
-            self.keep_alive,
-            self._app_head,
-            None,
-            self.server_header,
-            known_length,
-        )
-        self.head_sent = True
-        return head
-
-    def _push(self, chunk: bytes) -> None:
-        if chunk:
-            with self._lock:
-                out = self._out
-                if out is None:
-                    self._out = [chunk]
-                else:
-                    out.append(chunk)
-                self._out_size += len(chunk)
-
-    def _post_flush(self) -> None:
+        if self._send(data):
+            self.stream.request_flush()
+            return
+        event = threading.Event()
         with self._lock:
-            if self._flush_posted or not self._out:
-                return
-            self._flush_posted = True
-        self.loop.call_soon_threadsafe(self._flush)
+            self._write_ready = event
+        self.loop.call_soon_threadsafe(self._check_writable)
+        event.wait()
+        if self._stop_reason == "disconnect":
+            raise ConnectionResetError("client disconnected")
+
+    def _send(self, data: bytes) -> bool:
+        """One body chunk to the stream; False when the request should wait to write more."""
+        stream = self.stream
+        if not self.head_sent:  # the head goes with the first bytes (_start_head, inlined)
+            head = self._app_head
+            if head is None:
+                raise AssertionError("the app sent a body before calling start_response")
+            stream.start(head, len(data) if self._single_chunk else None)
+            self.head_sent = True
+        return stream.data(data)
+
+    def _start_head(self, known_length: int | None) -> None:
+        """Hand the app's head to the stream (once, with the first bytes or at the end)."""
+        head = self._app_head
+        if head is None:
+            raise AssertionError("the app sent a body (or returned) before calling start_response")
+        self.stream.start(head, known_length)
+        self.head_sent = True
 
     def _app_error(self, exc: BaseException) -> tuple[int, Any]:
         env = self.environ
@@ -617,7 +623,6 @@ class Runner:
         if self.head_sent:
             return _ABORT, None
         self.status = "500 Internal Server Error"
-        self._push(error_response(500))
         return _FAILED, None
 
     def _close_iterable(self) -> None:
@@ -634,16 +639,16 @@ class Runner:
                               self.environ.get("PATH_INFO", ""))
 
     def early_hints(self, headers: list[tuple[str, str]]) -> None:
-        """``wsgi.early_hints(headers)`` (as gunicorn): send a ``103 Early Hints`` now.
+        """``wsgi.early_hints(headers)`` (as gunicorn): a ``103 Early Hints`` now.
 
-        Before the response head only, and to HTTP/1.1 clients only (ignored
-        otherwise, as gunicorn does); bad headers raise like ``start_response``'s.
+        Before the response head only; bad headers raise like ``start_response``'s.
+        The stream decides whether its protocol sends it (HTTP/1.1 clients only
+        on HTTP/1.x, as gunicorn does).
         """
-        head = early_hints_head(headers)
-        if self.head_sent or self.http_version != "1.1" or self._stop_reason:
+        fields = check_headers(headers)
+        if self.head_sent or self._stop_reason:
             return
-        self._push(head)
-        self._post_flush()
+        self.stream.informational(103, fields)
 
     def pause_output(self) -> Callable[[], None]:
         """``wsgi.pause_output()``: the next ``b""`` the app yields parks the request

@@ -1,9 +1,11 @@
 """The asyncio side: connections, keep-alive, pipelining, timeouts, flow control, shutdown.
 
-One event loop owns every socket. A connection feeds received bytes to the
-sans-I/O parser, buffers request bodies (so a slow uploader never pins a
-thread), answers requests strictly in order, and hands each complete request
-to a ``Runner``, which drives the app on the thread pool.
+One event loop owns every socket. ``HTTPConnection`` (a ``connection.Connection``)
+feeds received bytes to the sans-I/O parser, buffers request bodies (so a slow
+uploader never pins a thread), answers requests strictly in order, and hands
+each complete request to a ``Runner`` through its ``Exchange`` - the HTTP/1.1
+``streams.Stream``, which frames the response, writes error pages and decides
+keep-alive. ``Server`` holds connections of any protocol.
 """
 
 from __future__ import annotations
@@ -23,7 +25,8 @@ from typing import Any
 
 from . import fdlimit
 from .config import Config
-from .listeners import bind_socket, describe, socket_from_fd, unix_socket_file, unlink_unix_socket
+from .connection import Connection
+from .listeners import bind_socket, describe, socket_from_fd
 from .pool import ThreadPool
 from .protocol import (
     Data,
@@ -32,34 +35,153 @@ from .protocol import (
     ProtocolError,
     Request,
     RequestParser,
+    ResponseFramer,
+    build_response,
+    error_page,
     error_response,
 )
 from .runner import Runner, Suspensions
+from .streams import NO_ENVIRON, ExchangeRecord, ResponseHead, Stream
 from .websocket import websocket_request
-from .wsgi import BodyBuffer, body_time_left, build_environ, environ_template
+from .wsgi import BodyBuffer, body_time_left, early_hints_head, environ_template
 
 log = logging.getLogger("wsgiplus.error")
 
-__all__ = ["HTTPConnection", "Server", "new_event_loop"]
+__all__ = ["Connection", "Exchange", "HTTPConnection", "Server", "new_event_loop"]
 
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 _RAW_SOCKET_TIMEOUT = 7 * 24 * 3600.0  # "blocking" for environ["gunicorn.socket"]
 
+# Exchange.taken: the connection left HTTP/1.1 during this exchange
+_WEBSOCKET = 1  # accept(): a WebSocketConnection has the transport
+_TAKEOVER = 2  # wsgiplus.takeover: the app's own protocol has it
 
-class Exchange:
-    """One request on a connection, from its head to the end of its response."""
 
-    __slots__ = ("request", "body", "complete", "runner")
+class Exchange(Stream):
+    """One HTTP/1.1 request on a connection, from its head to the end of its response.
 
-    def __init__(self, request: Request, spool: int, budget: MemoryBudget | None = None) -> None:
-        self.request = request
+    It is the runner's ``Stream``: HTTP/1.1 framing (``build_response``,
+    ``ResponseFramer``) runs in ``start`` / ``data`` / ``end`` on the app's
+    pool thread (it needs no shared state); the framed bytes go through the
+    outbox to the transport on the loop. Error pages, keep-alive and the
+    access record are decided here and in the connection, never in the runner.
+    """
+
+    __slots__ = (
+        "conn",
+        "request",
+        "body",
+        "received",
+        "runner",
+        "method",
+        "http_version",
+        "keep_alive",
+        "server_header",
+        "framer",
+        "_head",
+        "taken",
+    )
+
+    def __init__(self, conn: HTTPConnection, request: Request, spool: int,
+                 budget: MemoryBudget | None = None) -> None:
+        Stream.__init__(self, conn.loop, ExchangeRecord(request.method, conn.remote))
+        self.conn = conn
+        self.request: Request | None = request
         self.body = BodyBuffer(spool, budget) if request.has_body else None
-        self.complete = False
+        self.received = False  # the whole request (body included) has arrived
         self.runner: Runner | None = None
+        self.method = request.method
+        self.http_version = request.http_version
+        self.keep_alive = False  # set when the response starts (_start)
+        self.server_header = conn.server.server_header
+        self.framer: ResponseFramer | None = None
+        self._head: bytes | None = None  # the serialised head, sent with the first bytes
+        self.taken = 0  # _WEBSOCKET / _TAKEOVER once the app switched protocols
+
+    # -- pool thread (the runner's step) ----------------------------------------
+
+    def start(self, head: ResponseHead, known_length: int | None) -> bool:
+        if self.taken:
+            return True  # the runner's head is never sent: the wire is another protocol's
+        if known_length == 0 and self.method == "HEAD":
+            known_length = None  # HEAD of an empty body: say nothing rather than guess
+        lines, self.framer = build_response(
+            self.method, self.http_version, self.keep_alive, head, None, self.server_header, known_length
+        )
+        record = self.record
+        record.status = head.status_code
+        record.response_headers = head.headers
+        self._head = lines
+        return True
+
+    def data(self, data: bytes) -> bool:
+        if self.taken:
+            raise RuntimeError("the connection was handed over (WebSocket accept, takeover): "
+                               "the app may yield futures, not bytes")
+        framed = self.framer.body(data)  # type: ignore[union-attr]
+        head = self._head
+        if head is not None:
+            self._head = None
+            framed = head + framed
+        if framed:
+            return self._push(framed, len(framed))
+        return not self.paused
+
+    def end(self) -> None:
+        if self.taken:
+            return
+        framer = self.framer
+        tail = framer.end()  # type: ignore[union-attr]
+        head = self._head
+        if head is not None:
+            self._head = None
+            tail = head + tail
+        if tail:
+            self._push(tail, len(tail))
+        mismatch = framer.length_mismatch()  # type: ignore[union-attr]
+        if mismatch:
+            log.warning("response body of %s %s was %s", self.method, self.record.path, mismatch)
+
+    def informational(self, status: int, headers: list[tuple[str, str]]) -> None:
+        if status == 103 and self.http_version == "1.1":  # 1.0 clients do not expect 1xx
+            head = early_hints_head(headers)
+            self._push(head, len(head))
+            self.request_flush()
+
+    # -- loop thread ----------------------------------------------------------------
+
+    def deliver(self, items: list[Any]) -> None:
+        conn = self.conn
+        if not conn.disconnected:
+            conn.transport.write(items[0] if len(items) == 1 else b"".join(items))  # type: ignore[union-attr]
+
+    def complete(self) -> None:
+        framer = self.framer
+        if framer is not None:
+            self.record.bytes_sent = framer.sent
+        self.conn._exchange_done(self, framer.keep_alive if framer is not None else False, False)
+
+    def error(self, status: int, reason: str = "") -> None:
+        page, size = error_page(status, reason, False, self.conn.server.server_header)
+        record = self.record
+        record.status = status
+        record.response_headers = []
+        if not self.disconnected:
+            self.conn.write(page)
+            record.bytes_sent = size
+        self.conn._exchange_done(self, False, False)
+
+    def abort(self, reason: str) -> None:
+        framer = self.framer
+        if framer is not None:
+            self.record.bytes_sent = framer.sent
+        self.conn._exchange_done(self, False, True)
 
 
-class HTTPConnection(asyncio.Protocol):
+class HTTPConnection(Connection, asyncio.Protocol):
     """HTTP/1.1 on one transport. Every method runs on the loop thread."""
+
+    protocol_name = "HTTP/1.1"
 
     __slots__ = (
         "server",
@@ -114,7 +236,7 @@ class HTTPConnection(asyncio.Protocol):
         self._timer_kind = ""
         self._idle = True  # no request in the queue: the keep-alive timer may run
         self.upgrade_buffer: bytes | None = None  # bytes after an Upgrade request's head
-        self.upgraded: Any = None  # the WebSocketConnection the transport was handed to
+        self.upgraded: Any = None  # the WebSocketConnection (or takeover marker) now on the transport
         self.raw_socket: socket.socket | None = None  # environ["gunicorn.socket"] (upgrades only)
 
     # -- transport callbacks --------------------------------------------------
@@ -132,19 +254,12 @@ class HTTPConnection(asyncio.Protocol):
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             except OSError:
                 pass
-        server = self.server
-        server.connections.add(self)
-        if server.stopping:  # taken from the accept queue as the server stops
-            self.draining = True
-        limit = config.max_connections
-        if limit is not None and len(server.connections) > limit:
-            log.warning("%d connections open (max_connections): answering 503", limit)
+        if not self.server.connection_made(self):
             self._send_error(ProtocolError(503, "too many connections"))
             return
         self._set_timer(config.header_timeout, self._on_header_timeout)
 
     def data_received(self, data: bytes) -> None:
-        self.server.bytes_in += len(data)
         if self.pending_error is not None or self.closing:
             return
         if self.upgrade_buffer is not None:
@@ -194,20 +309,25 @@ class HTTPConnection(asyncio.Protocol):
         self._cancel_timer()
         if self.parser is not None:
             self.parser.close()  # a partial head: return its bytes to the budget
-        self.server.connections.discard(self)
-        for ex in self.queue:
-            if ex.runner is not None:
-                ex.runner.on_disconnect()
-        self.queue.clear()
-        self.server.connection_closed(self)
+        queue = self.queue
+        self.queue = []
+        for ex in queue:
+            ex.disconnect()  # the runner, if started, stops the app
+        self.server.connection_lost(self)
 
     def pause_writing(self) -> None:
         self.write_paused = True
+        if self.queue:
+            self.queue[0].pause()
 
     def resume_writing(self) -> None:
         self.write_paused = False
-        if self.queue and self.queue[0].runner is not None:
-            self.queue[0].runner.on_drain()
+        if self.queue:
+            self.queue[0].resume()
+
+    @property
+    def busy(self) -> bool:
+        return bool(self.queue)
 
     # -- requests -------------------------------------------------------------
 
@@ -217,7 +337,7 @@ class HTTPConnection(asyncio.Protocol):
             if kind is Data:
                 self.receiving.body.write(event.data)  # type: ignore[union-attr]
             elif kind is Request:
-                ex = Exchange(event, self.config.body_spool_size, self.server.budget)
+                ex = Exchange(self, event, self.config.body_spool_size, self.server.budget)
                 self.receiving = ex
                 self.queue.append(ex)
                 if len(self.queue) == 1:
@@ -231,68 +351,61 @@ class HTTPConnection(asyncio.Protocol):
             elif kind is EndOfMessage:
                 ex = self.receiving  # type: ignore[assignment]
                 self.receiving = None
-                ex.complete = True
+                ex.received = True
                 if ex is self.queue[0]:
                     self._cancel_timer()
                     self._start(ex)
 
     def _begin(self, ex: Exchange) -> None:
         """``ex`` is next to be answered: ask for its body if the client waits to be asked."""
-        if ex.request.expect_continue and not ex.complete:
+        if ex.request.expect_continue and not ex.received:  # type: ignore[union-attr]
             self.transport.write(_CONTINUE)  # type: ignore[union-attr]
 
     def _start(self, ex: Exchange) -> None:
         request = ex.request
-        keep_alive = (
+        assert request is not None
+        ex.keep_alive = (
             request.keep_alive
             and not self.draining
             and request.upgrade is None
             and self.config.keepalive_timeout != 0  # 0: no keep-alive, as in gunicorn
         )
-        environ = build_environ(
-            self.template, request, ex.body.stream() if ex.body is not None else None, self.remote
-        )
-        environ["wsgiplus.client_disconnected"] = self.is_disconnected
-        server = self.server
-        upgrade = None
-        if request.upgrade is not None:
-            upgrade = websocket_request(environ, server)
-            raw = self.raw_socket = self._raw_socket()
-            if raw is not None:
-                environ["gunicorn.socket"] = raw
-        if server.proxy_fixer is not None:
-            server.proxy_fixer(environ)
-        runner = Runner(
-            server.app,
-            environ,
-            self,
-            self.loop,
-            server.pool,
-            self._on_response_done,
+        if self.write_paused:
+            ex.pause()
+        ex.runner = self.run_exchange(
+            ex,
+            self.template,
             method=request.method,
+            target=request.target,
+            path=request.path,
+            query=request.query,
+            headers=request.headers,
             http_version=request.http_version,
-            keep_alive=keep_alive,
-            server_header=server.server_header,
-            timeout=self.config.request_timeout,
-            suspensions=server.suspensions,
+            body=ex.body.stream() if ex.body is not None else None,
+            chunked=request.chunked,
+            trailers=request.trailers,
+            prepare=self._prepare_upgrade if request.upgrade is not None else None,
         )
-        ex.runner = runner
-        if upgrade is not None:
-            upgrade._upgrade = functools.partial(self._upgrade_to_websocket, runner)
-        if request.upgrade is not None:
-            environ["wsgiplus.takeover"] = functools.partial(self._takeover_from_app, runner)
         ex.request = None  # the environ has it all now; a suspended request keeps less
-        server.active += 1
-        runner.start()
 
     def is_disconnected(self) -> bool:
-        """``environ['wsgiplus.client_disconnected']``: lets long work stop early."""
+        """True once the client has gone."""
         return self.disconnected
 
-    # -- the WebSocket hand-over ---------------------------------------------
+    # -- leaving HTTP/1.1: WebSockets, the raw socket, takeover ----------------
+
+    def _prepare_upgrade(self, environ: dict[str, Any], runner: Runner) -> None:
+        """An upgrade request's environ, before the app is called: the ways out of HTTP/1.1."""
+        upgrade = websocket_request(environ, self.server)
+        if upgrade is not None:
+            upgrade._upgrade = functools.partial(self._upgrade_to_websocket, runner)
+        environ["wsgiplus.takeover"] = functools.partial(self._takeover_from_app, runner)
+        raw = self.raw_socket = self._raw_socket()
+        if raw is not None:
+            environ["gunicorn.socket"] = raw
 
     def _raw_socket(self) -> socket.socket | None:
-        """A blocking duplicate of the connection's socket, for libraries that speak on it.
+        """A duplicate of the connection's socket, for libraries that speak on it.
 
         Only an upgrade request gets one (it is never followed by another request
         on the connection), and reading stops while the app runs so the loop takes
@@ -318,26 +431,32 @@ class HTTPConnection(asyncio.Protocol):
 
     def _takeover_from_app(self, runner: Runner,
                            protocol_factory: Callable[[], asyncio.BaseProtocol]) -> None:
-        """``environ["wsgiplus.takeover"](factory)``: the app's own protocol gets the transport.
+        """``environ["wsgiplus.takeover"](factory)``, on the app's pool thread.
 
-        Pool thread: the runner sends no response from now on; the switch is
-        made on the loop, in order before anything the app's step posts later.
+        The runner sends no response from now on; the switch is made on the
+        loop, before the wake-up of the step that asked for it.
         """
-        runner.take_over(101)
+        runner.take_over()
+        stream = runner.stream
+        if isinstance(stream, Exchange):
+            stream.taken = _TAKEOVER  # start/data/end are the step's: set here, not on the loop
         self.loop.call_soon_threadsafe(self._takeover, runner, protocol_factory)
 
     def _takeover(self, runner: Runner, protocol_factory: Callable[[], asyncio.BaseProtocol]) -> None:
-        if self.disconnected or self.transport is None:
+        ex = runner.stream
+        if self.disconnected or self.transport is None or not isinstance(ex, Exchange):
             return
         transport = self.transport
         trailing, self.upgrade_buffer = self.upgrade_buffer or b"", None
         self.upgraded = _TakenOver()
         self._cancel_timer()
         server = self.server
-        server.connections.discard(self)  # forgotten: no timeouts, limits or shutdown
-        server.connection_closed(self)
+        server.connection_lost(self)  # forgotten: no timeouts, limits or shutdown
         runner.as_websocket(server.websocket_suspensions)
-        server.access(self, runner)  # the one line: the hand-over itself
+        record = ex.record
+        record.status = 101
+        record.ended_at = time.monotonic()
+        server.access(self, record)  # the one line: the hand-over itself
         try:
             protocol = protocol_factory()
             transport.set_protocol(protocol)
@@ -371,20 +490,27 @@ class HTTPConnection(asyncio.Protocol):
             on_end=self._websocket_ended,
             on_lost=self._websocket_lost,
         )
+        conn.server = self.server
         conn.runner = runner
-        runner.take_over(101)
+        conn.exchange = runner.stream
+        runner.take_over()
+        conn.exchange.taken = _WEBSOCKET  # start/data/end are the step's: set here
         self.loop.call_soon_threadsafe(self._switch_to_websocket, runner, head, conn)
 
     def _switch_to_websocket(self, runner: Runner, head: bytes, conn: Any) -> None:
         server = self.server
         config = self.config
+        ex = conn.exchange
+        ex.record.status = 101
         conn.remote = self.remote
         self.upgraded = conn
         runner.as_websocket(server.websocket_suspensions)
         if self.raw_socket is not None:  # not needed: the app took the thread-free path
             self.raw_socket.close()
             self.raw_socket = None
-        self.parser = None  # finished after the upgrade; an idle socket keeps less
+        if self.parser is not None:  # finished after the upgrade; an idle socket keeps less
+            self.parser.close()
+            self.parser = None
         runner.environ.pop("wsgiplus.takeover", None)  # one way out is taken
         trailing, self.upgrade_buffer = self.upgrade_buffer or b"", None
         if self.disconnected:
@@ -396,58 +522,70 @@ class HTTPConnection(asyncio.Protocol):
         limit = config.max_websockets
         if limit is not None and server.websockets >= limit:
             log.warning("%d WebSockets open (max_websockets): answering 503", limit)
-            runner.take_over(503)
-            conn.refuse(self.transport, error_response(503, "too many WebSockets"))  # type: ignore[arg-type]
+            ex.record.status = 503
+            conn.refuse(self.transport, error_response(503, "too many WebSockets", False,
+                                                       server.server_header))
             return
         server.websockets += 1
         conn.counted = True
         conn.start(self.transport, head, trailing)  # type: ignore[arg-type]
-        if self.reading_paused:
-            self.reading_paused = False
+        self.reading_paused = False
 
     def _websocket_lost(self, conn: Any) -> None:
-        runner = conn.runner
         server = self.server
-        server.connections.discard(conn)
         if conn.counted:
             conn.counted = False
             server.websockets -= 1
-        server.connection_closed(conn)
-        # the app sees None from receive(); one waiting on anything else is stopped
-        self.loop.call_soon(runner.stop_if_suspended, "disconnect")
+        server.connection_lost(conn)
+        runner = conn.runner
+        if runner is not None:
+            # the app sees None from receive(); one waiting on anything else is stopped
+            self.loop.call_soon(runner.stop_if_suspended, "disconnect")
 
     def _websocket_ended(self, conn: Any) -> None:
-        runner = conn.runner
+        """The socket is closed and its app has finished: the access line."""
         conn.runner = None
-        runner.environ["wsgiplus.websocket.close_code"] = conn.ws.close_code
-        runner.framer.sent = conn.proto.bytes_out  # type: ignore[union-attr]
-        self.server.access(self, runner)
+        record = conn.exchange.record
+        record.bytes_sent = conn.proto.bytes_out
+        record.ended_at = time.monotonic()
+        record.environ["wsgiplus.websocket.close_code"] = conn.ws.close_code
+        self.server.access(conn, record)
+        record.environ = NO_ENVIRON
 
-    def _on_response_done(self, runner: Runner, keep_alive: bool, abort: bool) -> None:
+    def _exchange_done(self, ex: Exchange, keep_alive: bool, abort: bool) -> None:
+        """``ex``'s response is complete (or cut short, ``abort``): log it, go on or close."""
+        server = self.server
         if self.raw_socket is not None:
             # the app's duplicate (an upgrade request is the connection's last): the
             # app has returned, so nothing of it reads the socket any more
             self.raw_socket.close()
             self.raw_socket = None
-        if self.upgraded is not None:
-            self.server.active -= 1
+        if ex.taken:
+            # the exchange's app has ended; the wire is another protocol's: its own
+            # end writes the access line (WebSocket), or the hand-over did (takeover)
+            server.active -= 1
             self.requests += 1
+            ex.runner = None
             self.upgraded.app_finished(abort)
             return
-        self.server.active -= 1
+        server.active -= 1
         self.requests += 1
-        self.server.access(self, runner)
+        ex.runner = None
+        record = ex.record
+        record.ended_at = time.monotonic()
+        server.access(self, record)
+        record.environ = NO_ENVIRON  # environ -> stream -> record -> environ: no cycle for the GC
         if self.disconnected:
             return
-        if self.queue and self.queue[0].runner is runner:
+        if self.queue and self.queue[0] is ex:
             del self.queue[0]
-        if abort or not keep_alive or self.closing:
+        if abort or not keep_alive or self.closing or (self.draining and not self.queue):
             self.close()
             return
         if self.queue:
             ex = self.queue[0]
             self._begin(ex)
-            if ex.complete:
+            if ex.received:
                 self._start(ex)
             elif ex.body is not None:
                 ex.body.restart_clock()  # its turn: the wait behind the others is not its fault
@@ -455,8 +593,6 @@ class HTTPConnection(asyncio.Protocol):
         elif self.pending_error is not None:
             self._send_error(self.pending_error)
             return
-        elif self.draining:  # the head promised keep-alive: the client may reuse it now
-            self._drain_idle()
         else:
             self._idle = True
             self._set_timer(self.config.keepalive_timeout, self._on_keepalive_timeout, "keepalive")
@@ -467,7 +603,7 @@ class HTTPConnection(asyncio.Protocol):
     def _protocol_error(self, exc: ProtocolError) -> None:
         log.info("bad request from %s: %d %s", self.remote and self.remote[0], exc.status, exc.reason)
         ex = self.receiving
-        if ex is not None and not ex.complete:
+        if ex is not None and not ex.received:
             self.queue.remove(ex)  # half a request is never given to the app
             self.receiving = None
         if self.queue:
@@ -480,14 +616,11 @@ class HTTPConnection(asyncio.Protocol):
 
     def _send_error(self, exc: ProtocolError) -> None:
         self.pending_error = exc
-        if self.server.metrics is not None:
-            self.server.metrics.rejected(exc.status)
-        self.transport.write(error_response(exc.status, exc.reason))  # type: ignore[union-attr]
+        self.transport.write(error_response(exc.status, exc.reason, False, self.server.server_header))  # type: ignore[union-attr]
         self.close()
 
     def write(self, data: bytes) -> None:
         if not self.disconnected:
-            self.server.bytes_out += len(data)
             self.transport.write(data)  # type: ignore[union-attr]
 
     def close(self) -> None:
@@ -500,34 +633,14 @@ class HTTPConnection(asyncio.Protocol):
     def shutdown(self) -> None:
         """Graceful stop: never drop a request the client has sent.
 
-        An idle keep-alive connection is closed after ``drain_grace`` seconds
-        of quiet (a request that arrives meanwhile is answered with
-        ``Connection: close``); so is one whose response, started with
-        keep-alive, ends during the stop. A new connection that has not
-        delivered its first request yet, or a request partly received, is
-        answered: the head and body timers bound the wait, the graceful
-        timeout the rest.
+        An idle keep-alive connection is closed at once (clients know one may
+        close between requests). A new connection that has not delivered its
+        first request yet, or a request partly received, is answered first:
+        the head and body timers bound the wait, the graceful timeout the rest.
         """
         self.draining = True
-        for ex in self.queue:  # a head not sent yet says Connection: close
-            if ex.runner is not None and ex.runner.framer is None:
-                ex.runner.keep_alive = False
         between_requests = self.requests > 0 and (self.parser is None or self.parser.idle)
         if not self.queue and between_requests:
-            self._drain_idle()
-
-    def _drain_idle(self) -> None:
-        """An idle keep-alive connection on a graceful stop: close it after a quiet grace.
-
-        A pooling proxy may be sending a request on it right now; closing at once
-        loses that request (nginx never retries a POST it has sent). During the
-        grace whatever arrives is answered with ``Connection: close``.
-        """
-        grace = self.config.drain_grace
-        if grace > 0 and not self.closing:
-            self._idle = True
-            self._set_timer(grace, self._on_keepalive_timeout, "keepalive")
-        else:
             self.close()
 
     # -- timers -----------------------------------------------------------------
@@ -567,7 +680,7 @@ class HTTPConnection(asyncio.Protocol):
 
     def _on_body_timeout(self) -> None:
         ex = self.receiving
-        if ex is not None and not ex.complete and ex.runner is None:
+        if ex is not None and not ex.received and ex.runner is None:
             log.info("request body timeout from %s", self.remote and self.remote[0])
             self.queue.remove(ex)
             self.receiving = None
@@ -603,7 +716,7 @@ def _proxy_fixer(config: Config) -> Callable[[dict[str, Any]], None] | None:
     return make_proxy_fixer(config)
 
 
-def _access_logger(config: Config) -> Callable[[Runner, HTTPConnection], None] | None:
+def _access_logger(config: Config) -> Callable[[ExchangeRecord, Connection], None] | None:
     from .accesslog import AccessLogger
 
     logger = AccessLogger.from_config(config)
@@ -638,17 +751,12 @@ class Server:
         self.server_header = b"wsgiplus" if self.config.server_header else None
         self.loop: asyncio.AbstractEventLoop = None  # type: ignore[assignment]
         self.pool: ThreadPool = None  # type: ignore[assignment]
-        self.connections: set[HTTPConnection] = set()
+        self.connections: set[Connection] = set()  # every protocol's
         self.active = 0  # requests handed to the app and not finished
         self.sockets: list[socket.socket] = []
         self._servers: list[asyncio.AbstractServer] = []
-        self._factories: list[tuple[socket.socket, Callable[[], HTTPConnection], Any]] = []
-        self.stopping = False  # a graceful stop has begun (readiness turns false)
-        self.bytes_in = 0  # received from clients, for metrics
-        self.bytes_out = 0  # sent to clients (responses; not 100 Continue or error pages)
-        self.metrics: Any = None  # a metrics.RequestStats, when metrics or statsd are on
         self._stopping: asyncio.Event | None = None
-        self._unix_paths: list[tuple[str, tuple[int, int] | None]] = []
+        self._unix_paths: list[str] = []
         self._idle_waiter: asyncio.Future | None = None
         self.started = False
         self.suspensions = Suspensions(self.config.max_suspended, self.config.suspend_timeout)
@@ -682,7 +790,7 @@ class Server:
         self.pool = ThreadPool(config.threads, affinity=config.thread_affinity)
         if sockets is None:  # ours to make, so ours to unlink at the end
             sockets = self.make_sockets()
-            self._unix_paths = [unix_socket_file(s) for s in sockets if s.family == socket.AF_UNIX]
+            self._unix_paths = [s.getsockname() for s in sockets if s.family == socket.AF_UNIX]
         self.sockets = sockets
         multiprocess = config.workers > 1
         tls = _ssl_context(config)
@@ -697,12 +805,10 @@ class Server:
             else:
                 srv = await self.loop.create_server(factory, sock=sock, backlog=config.backlog, ssl=tls)
             self._servers.append(srv)
-            self._factories.append((sock, factory, tls))
         self.started = True
         if config.blocking_warn:
             self._watchdog = self.loop.call_later(min(1.0, config.blocking_warn / 2), self._watch_pool)
-        timeouts = [t for t in (config.keepalive_timeout, config.header_timeout, config.body_timeout,
-                                config.drain_grace) if t]
+        timeouts = [t for t in (config.keepalive_timeout, config.header_timeout, config.body_timeout) if t]
         self._sweep_every = min([1.0] + [max(0.05, t / 4) for t in timeouts])
         self._sweeper = self.loop.call_later(self._sweep_every, self._sweep)
         self._uvloop = type(self.loop).__module__.startswith("uvloop")
@@ -728,12 +834,26 @@ class Server:
         if parser.reusable and len(self._spare_parsers) < 256:
             self._spare_parsers.append(parser)
 
-    def access(self, conn: HTTPConnection, runner: Runner) -> None:
-        """Called once per finished request: the access log line, the metrics."""
+    def connection_made(self, conn: Connection) -> bool:
+        """A connection opened (any protocol); False when ``max_connections`` is exceeded
+        (it is still counted until it closes, and refuses in its own protocol's way)."""
+        connections = self.connections
+        connections.add(conn)
+        limit = self.config.max_connections
+        if limit is not None and len(connections) > limit:
+            log.warning("%d connections open (max_connections): refusing one", limit)
+            return False
+        return True
+
+    def connection_lost(self, conn: Connection) -> None:
+        """A connection closed (any protocol)."""
+        self.connections.discard(conn)
+        self.connection_closed(conn)
+
+    def access(self, conn: Connection, record: ExchangeRecord) -> None:
+        """Called once per finished exchange, on the loop: the access log line."""
         if self.access_log is not None:
-            self.access_log(runner, conn)
-        if self.metrics is not None:
-            self.metrics.observe(runner)
+            self.access_log(record, conn)
 
     def _sweep(self) -> None:
         """Fire due connection timeouts (keep-alive, head, body): one timer for all."""
@@ -766,7 +886,7 @@ class Server:
             self._warned.clear()
         self._watchdog = self.loop.call_later(min(1.0, threshold / 2), self._watch_pool)
 
-    def connection_closed(self, conn: HTTPConnection) -> None:
+    def connection_closed(self, conn: Connection) -> None:
         if self._idle_waiter is not None and not self.connections and not self._idle_waiter.done():
             self._idle_waiter.set_result(None)
 
@@ -783,14 +903,10 @@ class Server:
     async def shutdown(self, timeout: float | None = None) -> None:
         """Stop accepting, let in-flight requests (suspended ones too) finish, then close."""
         timeout = self.config.graceful_timeout if timeout is None else timeout
-        self.stopping = True
-        queued = self._take_accept_queue()
         for srv in self._servers:
             srv.close()
         for conn in list(self.connections):
             conn.shutdown()
-        if queued:
-            await self._adopt(queued, timeout)
         if self.connections:
             self._idle_waiter = self.loop.create_future()
             try:
@@ -798,8 +914,7 @@ class Server:
             except asyncio.TimeoutError:
                 log.warning("graceful timeout: aborting %d connection(s)", len(self.connections))
                 for conn in list(self.connections):
-                    if conn.transport is not None:
-                        conn.transport.abort()
+                    conn.abort()
                 await asyncio.sleep(0)
         for handle in (self._watchdog, self._sweeper):
             if handle is not None:
@@ -811,52 +926,11 @@ class Server:
                 pass
         # let iterables closed because of the abort finish their close() on the pool
         await self.loop.run_in_executor(None, self.pool.shutdown, 5.0)
-        for path, identity in self._unix_paths:
+        for path in self._unix_paths:
             try:
-                unlink_unix_socket(path, identity)
+                os.unlink(path)
             except OSError:
                 pass
-
-    def _take_accept_queue(self) -> list[tuple[socket.socket, Callable[[], HTTPConnection], Any]]:
-        """Accept what waits in the listen queues now, before closing them.
-
-        Closing a listening socket resets the connections the kernel has queued
-        on it; a proxy that has already sent a request on one cannot retry it.
-        Taking them first leaves a window of microseconds, not the whole drain.
-        """
-        taken = []
-        for sock, factory, tls in self._factories:
-            for _ in range(max(1, self.config.backlog)):
-                try:
-                    conn, _ = sock.accept()
-                except (BlockingIOError, InterruptedError):
-                    break
-                except OSError:
-                    break
-                conn.setblocking(False)
-                taken.append((conn, factory, tls))
-        return taken
-
-    async def _adopt(self, queued: list[tuple[socket.socket, Callable[[], HTTPConnection], Any]],
-                     timeout: float) -> None:
-        """Serve the connections ``_take_accept_queue`` took (a quick stop just closes them)."""
-        if timeout <= 0:
-            for sock, _, _ in queued:
-                sock.close()
-            return
-        handshake = min(timeout, self.config.header_timeout or timeout)
-        tasks = []
-        for sock, factory, tls in queued:
-            extra = {"ssl": tls, "ssl_handshake_timeout": handshake} if tls is not None else {}
-            tasks.append(self.loop.create_task(self.loop.connect_accepted_socket(factory, sock, **extra)))
-        done, pending = await asyncio.wait(tasks, timeout=handshake + 1)
-        for task in pending:
-            task.cancel()
-        for (sock, _, _), task in zip(queued, tasks, strict=True):
-            if task in pending or task.cancelled() or task.exception() is not None:
-                if task in done and not task.cancelled():
-                    log.info("a connection accepted while stopping failed: %s", task.exception())
-                sock.close()
 
     async def serve(self, sockets: list[socket.socket] | None = None) -> None:
         """Start, serve until ``request_stop()`` (or SIGTERM/SIGINT), then shut down."""

@@ -64,9 +64,9 @@ class WorkerServer(Server):
         self.on_max_requests = on_max_requests
         self.requests_done = 0
 
-    def access(self, conn: Any, runner: Any) -> None:
+    def access(self, conn: Any, record: Any) -> None:
         self.requests_done += 1
-        super().access(conn, runner)
+        super().access(conn, record)
         if self.requests_done == self.max_requests and self.on_max_requests is not None:
             log.info("worker %d: served %d requests (max_requests); asking for a replacement",
                      os.getpid(), self.requests_done)

@@ -36,6 +36,7 @@ from collections import deque
 from collections.abc import Callable, Iterable
 from typing import Any
 
+from .connection import Connection
 from .futures import Future
 from .protocols.ws import (
     GOING_AWAY,
@@ -199,7 +200,7 @@ def _fail(fut: Future[Any], exc: BaseException) -> None:
         fut.set_exception(exc)
 
 
-class WebSocketConnection(asyncio.Protocol):
+class WebSocketConnection(Connection, asyncio.Protocol):
     """One accepted WebSocket on the loop: owns its protocol state and transport.
 
     The server hands the transport over with ``start()`` (``transport.set_protocol``),
@@ -209,8 +210,14 @@ class WebSocketConnection(asyncio.Protocol):
     server's sweep (``check_timer``), so an idle socket holds no timer handle.
     """
 
+    protocol_name = "WebSocket"
+
     __slots__ = (
         "server",
+        "requests",
+        "closing",
+        "draining",
+        "exchange",
         "proto",
         "ws",
         "loop",
@@ -258,6 +265,11 @@ class WebSocketConnection(asyncio.Protocol):
         on_end: Callable[[WebSocketConnection], None] | None = None,
         on_lost: Callable[[WebSocketConnection], None] | None = None,
     ) -> None:
+        self.server: Any = None  # set by the server that accepted it
+        self.requests = 1
+        self.closing = False
+        self.draining = False
+        self.exchange: Any = None  # the HTTP exchange whose record gets the access line
         self.proto = proto
         self.ws = ws
         self.loop = loop
@@ -435,7 +447,17 @@ class WebSocketConnection(asyncio.Protocol):
 
     def shutdown(self) -> None:
         """Graceful stop: 1001 to the client; the app sees ``None`` once it has answered."""
+        self.draining = True
         self.start_close(GOING_AWAY, "server shutting down")
+
+    def close(self) -> None:
+        """Close now with 1001 (the peer's answer is waited for, up to ``CLOSE_TIMEOUT``)."""
+        self.closing = True
+        self.start_close(GOING_AWAY, "")
+
+    @property
+    def busy(self) -> bool:
+        return not self.disconnected
 
     def check_timer(self, now: float) -> None:
         """Called by the server's sweep: close handshake, ping, idle and lifetime deadlines."""

@@ -12,14 +12,14 @@ import re
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import IO, Any
 from urllib.parse import unquote_to_bytes
 
 from .protocol import MemoryBudget, Request
 
-__all__ = ["BodyBuffer", "FileWrapper", "WSGIPLUS_VERSION", "build_environ", "check_headers", "body_time_left", "early_hints_head",
-           "environ_template"]
+__all__ = ["BodyBuffer", "FileWrapper", "WSGIPLUS_VERSION", "build_environ", "check_headers", "body_time_left",
+           "early_hints_head", "environ_template", "make_environ"]
 
 WSGIPLUS_VERSION = (1, 0)
 
@@ -329,33 +329,54 @@ def environ_template(
     }
 
 
-def build_environ(
+def make_environ(
     template: dict[str, Any],
-    request: Request,
+    method: str,
+    target: bytes,
+    path: bytes,
+    query: bytes,
+    headers: Iterable[tuple[bytes, bytes]],
+    http_version: str,
     body: IO[bytes] | None,
     remote: tuple[str, int] | None,
+    chunked: bool = False,
+    trailers: list[tuple[bytes, bytes]] | None = None,
+    client_disconnected: Callable[[], bool] | None = None,
+    pause_output: Callable[[], Any] | None = None,
+    early_hints: Callable[[list[tuple[str, str]]], None] | None = None,
+    fixer: Callable[[dict[str, Any]], None] | None = None,
 ) -> dict[str, Any]:
-    """The PEP 3333 environ for one request."""
+    """The complete PEP 3333 environ of one exchange: the only place its keys are set.
+
+    Protocol-neutral: HTTP/1.1 passes its request line and header fields;
+    HTTP/2 passes ``:method`` / ``:path`` split into ``path`` and ``query``,
+    the other fields as ``headers`` (``cookie`` fields are joined with ``; ``
+    here, as RFC 9113 asks), ``http_version="2"``. ``chunked`` says the body
+    came without a Content-Length (it is then set to the received size);
+    ``trailers`` are the request's trailer fields (``wsgiplus.trailers``, never
+    merged into ``HTTP_*``). ``client_disconnected``, ``pause_output`` and
+    ``early_hints`` are the exchange's callables; ``fixer`` (the proxy-header
+    rules) runs last.
+    """
     environ = template.copy()
-    path = request.path
     if b"%" in path:
         path = unquote_to_bytes(path)
     path_info = path.decode("latin-1")
     root = environ["SCRIPT_NAME"]
     if root and (path_info == root or path_info.startswith(root + "/")):
         path_info = path_info[len(root) :]
-    environ["REQUEST_METHOD"] = request.method
+    environ["REQUEST_METHOD"] = method
     environ["PATH_INFO"] = path_info
-    environ["QUERY_STRING"] = request.query.decode("latin-1")
-    environ["RAW_URI"] = environ["REQUEST_URI"] = request.target.decode("latin-1")
-    environ["SERVER_PROTOCOL"] = "HTTP/" + request.http_version
+    environ["QUERY_STRING"] = query.decode("latin-1")
+    environ["RAW_URI"] = environ["REQUEST_URI"] = target.decode("latin-1")
+    environ["SERVER_PROTOCOL"] = "HTTP/" + http_version
     if remote:
         environ["REMOTE_ADDR"] = remote[0]
         environ["REMOTE_PORT"] = str(remote[1])
     else:
         environ["REMOTE_ADDR"] = ""
     environ["wsgi.input"] = body if body is not None else _EMPTY_INPUT
-    for name, value in request.headers:
+    for name, value in headers:
         key = _environ_key(name)
         if key is None:
             continue
@@ -365,16 +386,45 @@ def build_environ(
                 continue
             text = environ[key] + ("; " if key == "HTTP_COOKIE" else ",") + text
         environ[key] = text
-    trailers = request.trailers
     if trailers:  # never merged into HTTP_*: the head's fields were checked, these were not
         environ["wsgiplus.trailers"] = [
             (name.decode("latin-1"), value.decode("latin-1"))
             for name, value in trailers
             if name.lower() not in FORBIDDEN_TRAILERS
         ]
-    if request.chunked:
+    if chunked:
         environ.pop("HTTP_TRANSFER_ENCODING", None)
         if body is not None:
             environ["CONTENT_LENGTH"] = str(body.seek(0, 2))
             body.seek(0)
+    if client_disconnected is not None:
+        environ["wsgiplus.client_disconnected"] = client_disconnected
+    if pause_output is not None:
+        environ["wsgi.pause_output"] = environ["wsgiplus.pause_output"] = pause_output
+    if early_hints is not None:
+        environ["wsgi.early_hints"] = early_hints
+    if fixer is not None:
+        fixer(environ)
     return environ
+
+
+def build_environ(
+    template: dict[str, Any],
+    request: Request,
+    body: IO[bytes] | None,
+    remote: tuple[str, int] | None,
+) -> dict[str, Any]:
+    """The environ of a parsed HTTP/1.1 ``Request`` (without the exchange's callables)."""
+    return make_environ(
+        template,
+        method=request.method,
+        target=request.target,
+        path=request.path,
+        query=request.query,
+        headers=request.headers,
+        http_version=request.http_version,
+        body=body,
+        remote=remote,
+        chunked=request.chunked,
+        trailers=request.trailers,
+    )

@@ -15,7 +15,7 @@
     urlpatterns = [path("ws/echo", echo)]
 
 The view is called with the request and the accepted ``WebSocket`` (docs/spec.md,
-section 10), plus the URL's arguments. Its generator runs as the body of a
+"WebSockets"), plus the URL's arguments. Its generator runs as the body of a
 ``wsgiplus.contrib.django.SuspendingResponse``, so each step has the request's
 own database connections (``atomic=False`` by default: a socket lives far
 longer than a transaction should). A request that is not a WebSocket upgrade

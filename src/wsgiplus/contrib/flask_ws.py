@@ -15,7 +15,7 @@
             yield ws.send(message)
 
 The view gets the ``WebSocket`` of ``environ["wsgiplus.websocket"]`` (see
-docs/spec.md, section 10) after the handshake was accepted, with the URL's
+docs/spec.md, "WebSockets") after the handshake was accepted, with the URL's
 variables as keyword arguments. It runs inside the request context
 (``stream_with_context``), so ``request``, ``session``, ``g`` and
 ``current_app`` are there, after every resume, on whatever thread. The rule
