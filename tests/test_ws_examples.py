@@ -75,3 +75,41 @@ def test_django_websocket_view() -> None:
         assert status == 400  # not an upgrade
         status, _, body = asyncio.run(request(srv.port, "GET", "/"))
         assert (status, body) == (200, b"plain django")
+
+
+def test_streaming_upload_200_slow_uploaders_on_two_threads(tmp_path) -> None:
+    import hashlib
+    import os
+
+    env = {"UPLOAD_DIR": str(tmp_path)}
+    with example("examples.upload:app", threads=2, env=env) as port:
+
+        async def main() -> None:
+            conns = []
+            for i in range(200):
+                reader, writer = await asyncio.open_connection("127.0.0.1", port)
+                writer.write(b"PUT /files/f%d HTTP/1.1\r\nHost: t\r\nContent-Length: 10\r\n"
+                             b"Connection: close\r\n\r\nhello" % i)
+                conns.append((reader, writer))
+            # all 200 are inside the app, waiting for the rest of their body on a future
+            for _ in range(200):
+                _, _, body = await request(port, "GET", "/stats")
+                if json.loads(body)["in_progress"] == 200:
+                    break
+                await asyncio.sleep(0.05)
+            assert json.loads(body) == {"in_progress": 200}
+            for _, writer in conns:
+                writer.write(b"world")
+            replies = await asyncio.wait_for(asyncio.gather(*(r.read() for r, _ in conns)), 60)
+            digest = hashlib.sha256(b"helloworld").hexdigest()
+            for i, data in enumerate(replies):
+                assert data.startswith(b"HTTP/1.1 201"), data[:100]
+                assert json.loads(data.partition(b"\r\n\r\n")[2]) == {"name": f"f{i}", "bytes": 10,
+                                                                      "sha256": digest}
+            # and one large body, streamed through
+            big = os.urandom(1 << 20) * 32  # 32 MiB
+            status, _, body = await request(port, "PUT", "/files/big", big)
+            assert status == 201 and json.loads(body)["sha256"] == hashlib.sha256(big).hexdigest()
+            assert (tmp_path / "big").stat().st_size == len(big)
+
+        asyncio.run(main())

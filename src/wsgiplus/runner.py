@@ -180,6 +180,7 @@ class Runner:
         "_write_ready",
         "_future",
         "_timer",
+        "_stop_answer",
         "__weakref__",
     )
 
@@ -227,6 +228,7 @@ class Runner:
         self._resume_early = False
         self._future: Any = None
         self._timer: asyncio.TimerHandle | None = None
+        self._stop_answer: tuple[int, str] | None = None  # the status of a request-input error
 
     @property
     def method(self) -> str:
@@ -323,6 +325,12 @@ class Runner:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+
+    def stop_for_input(self, status: int, reason: str) -> None:
+        """Loop thread: the request body failed (413, 400, 408): answer ``status`` if the
+        head is not sent, else cut the response; the app is stopped like a disconnect."""
+        self._stop_answer = (status, reason)
+        self._stop("input")
 
     def stop_if_suspended(self, reason: str) -> None:
         """Loop thread: stop the app if it is parked on something no one may complete now."""
@@ -423,7 +431,7 @@ class Runner:
         stream.flush()
         if not self._finish():
             return
-        answer = _STOP_STATUS.get(reason)
+        answer = _STOP_STATUS.get(reason) or (self._stop_answer if reason == "input" else None)
         if answer is not None and not self.head_sent and not stream.disconnected:
             self.status = f"{answer[0]} {answer[1]}"
             stream.error(*answer)
@@ -611,6 +619,10 @@ class Runner:
         self.head_sent = True
 
     def _app_error(self, exc: BaseException) -> tuple[int, Any]:
+        if self._stop_reason == "input" and not self.head_sent:
+            # the app's read raised because the body failed: the client gets that status
+            self._close_iterable()
+            return _STOPPED, "input"
         env = self.environ
         log.error(
             "Error in app for %s %s%s",

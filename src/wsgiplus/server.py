@@ -41,6 +41,7 @@ from .protocol import (
     error_response,
 )
 from .runner import Runner, Suspensions
+from .streaming import StreamingBody
 from .streams import NO_ENVIRON, ExchangeRecord, ResponseHead, Stream
 from .websocket import websocket_request
 from .wsgi import BodyBuffer, body_time_left, early_hints_head, environ_template
@@ -80,6 +81,7 @@ class Exchange(Stream):
         "framer",
         "_head",
         "taken",
+        "expect_continue",
     )
 
     def __init__(self, conn: HTTPConnection, request: Request, spool: int,
@@ -97,6 +99,7 @@ class Exchange(Stream):
         self.framer: ResponseFramer | None = None
         self._head: bytes | None = None  # the serialised head, sent with the first bytes
         self.taken = 0  # _WEBSOCKET / _TAKEOVER once the app switched protocols
+        self.expect_continue = False  # streamed input: 100 Continue still to send on first read
 
     # -- pool thread (the runner's step) ----------------------------------------
 
@@ -312,6 +315,8 @@ class HTTPConnection(Connection, asyncio.Protocol):
         queue = self.queue
         self.queue = []
         for ex in queue:
+            if type(ex.body) is StreamingBody:
+                ex.body.fail(400, "client disconnected")  # a blocked read wakes up
             ex.disconnect()  # the runner, if started, stops the app
         self.server.connection_lost(self)
 
@@ -338,12 +343,16 @@ class HTTPConnection(Connection, asyncio.Protocol):
                 self.receiving.body.write(event.data)  # type: ignore[union-attr]
             elif kind is Request:
                 ex = Exchange(self, event, self.config.body_spool_size, self.server.budget)
+                if ex.body is not None and self.server.stream_input and self._streams_input(event):
+                    ex.body = self._streaming_body(ex)
                 self.receiving = ex
                 self.queue.append(ex)
                 if len(self.queue) == 1:
                     self._idle = False
                     self._cancel_timer()
                     self._begin(ex)
+                    if type(ex.body) is StreamingBody:
+                        self._start(ex)  # the app reads the body as it comes
                 elif not self.reading_paused:
                     # A pipelined request waits its turn; stop reading more.
                     self.reading_paused = True
@@ -352,12 +361,19 @@ class HTTPConnection(Connection, asyncio.Protocol):
                 ex = self.receiving  # type: ignore[assignment]
                 self.receiving = None
                 ex.received = True
+                if type(ex.body) is StreamingBody:
+                    ex.body.finish()
+                    if ex.runner is not None or ex is not self.queue[0]:
+                        self._cancel_timer()
+                        continue
                 if ex is self.queue[0]:
                     self._cancel_timer()
                     self._start(ex)
 
     def _begin(self, ex: Exchange) -> None:
         """``ex`` is next to be answered: ask for its body if the client waits to be asked."""
+        if type(ex.body) is StreamingBody:
+            return  # asked on the app's first read (StreamingBody.want_continue)
         if ex.request.expect_continue and not ex.received:  # type: ignore[union-attr]
             self.transport.write(_CONTINUE)  # type: ignore[union-attr]
 
@@ -381,16 +397,81 @@ class HTTPConnection(Connection, asyncio.Protocol):
             query=request.query,
             headers=request.headers,
             http_version=request.http_version,
-            body=ex.body.stream() if ex.body is not None else None,
-            chunked=request.chunked,
+            body=(ex.body if type(ex.body) is StreamingBody else ex.body.stream())
+            if ex.body is not None else None,
+            chunked=request.chunked and type(ex.body) is not StreamingBody,  # streamed: no length
             trailers=request.trailers,
-            prepare=self._prepare_upgrade if request.upgrade is not None else None,
+            prepare=self._prepare_upgrade if request.upgrade is not None else (
+                self._prepare_streaming if type(ex.body) is StreamingBody else None),
         )
         ex.request = None  # the environ has it all now; a suspended request keeps less
 
     def is_disconnected(self) -> bool:
         """True once the client has gone."""
         return self.disconnected
+
+    # -- streaming request input (wsgiplus.streaming) ---------------------------
+
+    def _streams_input(self, request: Request) -> bool:
+        mark = self.server.stream_input
+        if mark is True:
+            return True
+        head = {
+            "REQUEST_METHOD": request.method,
+            "PATH_INFO": request.path.decode("latin-1"),
+            "QUERY_STRING": request.query.decode("latin-1"),
+        }
+        for name, value in request.headers:
+            lname = name.decode("latin-1").lower()
+            if lname in ("content-type", "content-length", "expect"):
+                head["HTTP_" + lname.upper().replace("-", "_")] = value.decode("latin-1")
+        head["CONTENT_TYPE"] = head.pop("HTTP_CONTENT_TYPE", "")
+        head["CONTENT_LENGTH"] = head.pop("HTTP_CONTENT_LENGTH", "")
+        try:
+            return bool(mark(head))
+        except Exception:
+            log.exception("streaming_input(when=...) raised: buffering this body")
+            return False
+
+    def _streaming_body(self, ex: Exchange) -> StreamingBody:
+        def pause(paused: bool) -> None:
+            if self.disconnected or self.transport is None:
+                return
+            if paused:
+                if not self.reading_paused:
+                    self.reading_paused = True
+                    self.transport.pause_reading()
+            elif self.reading_paused and len(self.queue) <= 1 and self.pending_error is None:
+                self.reading_paused = False
+                self.transport.resume_reading()
+                if self.receiving is ex and ex.body is not None:
+                    self._set_body_timer(ex.body)  # type: ignore[arg-type]
+
+        def want_continue() -> None:
+            request_expects = ex.expect_continue
+            if request_expects and not ex.received and not self.disconnected and ex.runner is not None:
+                ex.expect_continue = False
+                self.transport.write(_CONTINUE)  # type: ignore[union-attr]
+
+        ex.expect_continue = bool(ex.request is not None and ex.request.expect_continue)
+        return StreamingBody(self.loop, pause, want_continue, self.config.write_buffer_high)
+
+    def _prepare_streaming(self, environ: dict[str, Any], runner: Runner) -> None:
+        body = environ["wsgi.input"]
+        environ["wsgiplus.input"] = body
+        environ["wsgi.input_terminated"] = True  # read to b"": a chunked body has no length
+        environ.pop("HTTP_TRANSFER_ENCODING", None)
+
+    def _input_failed(self, ex: Exchange, status: int, reason: str) -> None:
+        """A streamed body broke (413/400/408): the app's reads fail, the client gets ``status``
+        if the response has not started, and the connection closes after it."""
+        ex.body.fail(status, reason)  # type: ignore[union-attr]
+        self.closing = True  # take no more bytes; _exchange_done closes
+        if self.receiving is ex:
+            self.receiving = None
+        runner = ex.runner
+        if runner is not None:
+            runner.stop_for_input(status, reason)
 
     # -- leaving HTTP/1.1: WebSockets, the raw socket, takeover ----------------
 
@@ -579,6 +660,8 @@ class HTTPConnection(Connection, asyncio.Protocol):
             return
         if self.queue and self.queue[0] is ex:
             del self.queue[0]
+        if type(ex.body) is StreamingBody and not ex.received:
+            keep_alive = False  # the rest of the body must never be read as a request
         if abort or not keep_alive or self.closing or (self.draining and not self.queue):
             self.close()
             return
@@ -603,6 +686,9 @@ class HTTPConnection(Connection, asyncio.Protocol):
     def _protocol_error(self, exc: ProtocolError) -> None:
         log.info("bad request from %s: %d %s", self.remote and self.remote[0], exc.status, exc.reason)
         ex = self.receiving
+        if ex is not None and not ex.received and ex.runner is not None:
+            self._input_failed(ex, exc.status, exc.reason)  # the app is reading it: tell it
+            return
         if ex is not None and not ex.received:
             self.queue.remove(ex)  # half a request is never given to the app
             self.receiving = None
@@ -680,6 +766,13 @@ class HTTPConnection(Connection, asyncio.Protocol):
 
     def _on_body_timeout(self) -> None:
         ex = self.receiving
+        if ex is not None and not ex.received and ex.runner is not None and type(ex.body) is StreamingBody:
+            if ex.body.paused:  # the server is the one not reading: not the client's fault
+                self._set_timer(self.config.body_timeout, self._on_body_timeout)
+                return
+            log.info("request body timeout from %s", self.remote and self.remote[0])
+            self._input_failed(ex, 408, "request body not received in time")
+            return
         if ex is not None and not ex.received and ex.runner is None:
             log.info("request body timeout from %s", self.remote and self.remote[0])
             self.queue.remove(ex)
@@ -763,6 +856,8 @@ class Server:
         # an accepted WebSocket waiting for a message is not a suspended request
         self.websocket_suspensions = Suspensions()
         self.websockets = 0  # open WebSockets (max_websockets)
+        # an app marked by wsgiplus.streaming.streaming_input: True or when(environ)
+        self.stream_input = getattr(app, "wsgiplus_streaming_input", None)
         self.proxy_fixer = _proxy_fixer(self.config)
         self.access_log = _access_logger(self.config)
         self._watchdog: asyncio.TimerHandle | None = None
