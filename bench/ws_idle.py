@@ -74,6 +74,11 @@ def start_server(kind: str, threads: int, tmp: Path) -> tuple[subprocess.Popen[s
         line = proc.stderr.readline()  # type: ignore[union-attr]
         m = re.search(pattern, line, re.IGNORECASE)
         if m:
+            # keep draining its log: a full pipe would stall the server (uvicorn logs
+            # every WebSocket it opens)
+            import threading
+
+            threading.Thread(target=lambda: [None for _ in proc.stderr], daemon=True).start()  # type: ignore[union-attr]
             return proc, int(m.group(1))
         if not line and proc.poll() is not None:
             break
