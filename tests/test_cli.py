@@ -177,3 +177,162 @@ def test_log_level_warning_keeps_info_lines_out(spawn, tmp_path: Path) -> None: 
     proc.send(signal.SIGTERM)
     assert proc.wait(30) == 0
     assert "[INFO]" not in proc.output
+
+
+def run_cli(argv: list[str], cwd: Path, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "wsgiplus", *argv], cwd=cwd, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+@pytest.mark.parametrize(("bind", "problem"), [
+    ("127.0.0.1:http", "bind '127.0.0.1:http': the port 'http' is not a number from 0 to 65535"),
+    ("127.0.0.1:70000", "the port '70000' is not a number"),
+    ("::1:8000", "an IPv6 address goes in brackets"),
+    ("[nope]:80", "'nope' is not an IPv6 address"),
+    ("unix:", "no path after 'unix:'"),
+    ("host name:80", "want HOST:PORT"),
+    ("nosuchhost.invalid:8000", "cannot listen on nosuchhost.invalid:8000: unknown host 'nosuchhost.invalid'"),
+])
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_a_bad_bind_is_one_line_and_exit_status_2(bind: str, problem: str, workers: str, tmp_path: Path) -> None:
+    result = run_cli(["--bind", bind, "--workers", workers], tmp_path)
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and problem in lines[0], result.stderr
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_a_port_in_use_is_one_line_naming_the_bind(workers: str, tmp_path: Path) -> None:
+    taken = socket.create_server(("127.0.0.1", 0))
+    port = taken.getsockname()[1]
+    try:
+        result = run_cli(["--bind", f"127.0.0.1:{port}", "--workers", workers], tmp_path)
+    finally:
+        taken.close()
+    assert result.returncode == 1, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert f"cannot listen on 127.0.0.1:{port}: the address is already in use" in lines[0]
+
+
+def test_bind_spellings_gunicorn_users_type() -> None:
+    from wsgiplus.listeners import parse_bind
+
+    assert parse_bind("localhost") == ("tcp", "localhost", 8000)  # gunicorn: the port defaults to 8000
+    assert parse_bind(":9000") == ("tcp", "0.0.0.0", 9000)
+    assert parse_bind("9000") == ("tcp", "127.0.0.1", 9000)
+    assert parse_bind("[::1]") == ("tcp", "::1", 8000)
+    assert parse_bind("[::]:80") == ("tcp", "::", 80)
+
+
+def test_localhost_bind_serves(spawn, tmp_path: Path) -> None:  # noqa: F811
+    proc = spawn(["-m", "wsgiplus", "--bind", "localhost:0", "--threads", "1"], tmp_path)
+    m = proc.wait_for(r"serving on http://(127\.0\.0\.1|\[::1\]):(\d+)$")[0]
+    host = m.group(1).strip("[]")
+    conn = http.client.HTTPConnection(host, int(m.group(2)), timeout=10)
+    conn.request("GET", "/")
+    assert conn.getresponse().status == 200
+    conn.close()
+    proc.send(signal.SIGTERM)
+    assert proc.wait(30) == 0
+
+
+BROKEN_APP = '''
+def load_settings():
+    raise RuntimeError("no config for you")
+
+
+load_settings()
+'''
+
+
+def _error_block(stderr: str) -> list[str]:
+    """The lines of stderr without the log prefix ('[time] [pid] [LEVEL] ')."""
+    import re
+
+    return [re.sub(r"^\[[^]]+\] \[\d+\] \[[A-Z]+\] ", "", line) for line in stderr.splitlines()]
+
+
+def test_an_app_that_fails_to_import_prints_the_same_short_error_for_1_and_n_workers(tmp_path: Path) -> None:
+    (tmp_path / "broken.py").write_text(BROKEN_APP)
+    one = run_cli(["broken:app", "--bind", "127.0.0.1:0"], tmp_path)
+    two = run_cli(["broken:app", "--bind", "127.0.0.1:0", "--workers", "2"], tmp_path)
+    assert one.returncode == two.returncode == 3
+    block = _error_block(one.stderr)
+    assert block[0] == "cannot load the app 'broken:app':"
+    assert block[1] == "Traceback (most recent call last):"
+    assert block[-1] == "RuntimeError: no config for you"
+    text = "\n".join(block)
+    assert text.count("Traceback") == 1 and "broken.py" in text and "load_settings" in text
+    assert "importlib" not in text and "wsgiplus" not in text and "direct cause" not in text
+    assert len(block) <= 8, one.stderr
+    lines = _error_block(two.stderr)
+    start = lines.index(block[0])
+    assert lines[start:start + len(block)] == block  # the same block, once
+    assert "\n".join(lines).count("Traceback") == 1
+    assert any("worker failed to boot" in line for line in lines)
+
+
+def test_a_missing_module_is_one_line_for_1_and_n_workers(tmp_path: Path) -> None:
+    for workers in ("1", "2"):
+        result = run_cli(["nosuchmodule:app", "--bind", "127.0.0.1:0", "--workers", workers], tmp_path)
+        assert result.returncode == 3
+        errors = [line for line in _error_block(result.stderr) if "cannot load the app" in line]
+        assert errors == ["cannot load the app 'nosuchmodule:app': cannot import module 'nosuchmodule' "
+                          "(from 'nosuchmodule:app')"], result.stderr
+        assert "Traceback" not in result.stderr
+
+
+def test_log_level_in_any_case_and_help_shows_each_default_once(tmp_path: Path) -> None:
+    assert parse("--log-level", "DEBUG").log_level == "debug"
+    assert parse("--log-level", "Warning").log_level == "warning"
+    text = " ".join(run_cli(["--help"], tmp_path).stdout.split())  # argparse wraps lines
+    assert "(default: combined)" in text and "(default: off)" in text
+    import re
+
+    assert not re.search(r"\(default: [^)]*\) \(default:", text), text
+
+
+def test_fields_added_to_config_get_flags_without_editing_the_cli(monkeypatch: pytest.MonkeyPatch,
+                                                                  tmp_path: Path) -> None:
+    """Other branches add Config fields; the parser must grow a flag for each on its own."""
+    import dataclasses
+
+    import wsgiplus.cli as cli
+    import wsgiplus.configfile as configfile
+
+    extended = dataclasses.make_dataclass("Extended", [
+        ("telemetry_bind", "str | None", dataclasses.field(default=None, metadata={"help": "where metrics go"})),
+        ("http2_max_streams", "int", dataclasses.field(default=100)),
+        ("shiny", "bool", dataclasses.field(default=False)),
+        ("trusted_headers", "list[str]", dataclasses.field(default_factory=list)),
+    ], bases=(Config,))
+    monkeypatch.setattr(cli, "Config", extended)
+    monkeypatch.setattr(configfile, "Config", extended)
+    kinds = {f.name: (str(f.type).split("|")[0].strip(), "None" in str(f.type))
+             for f in dataclasses.fields(extended)}
+    monkeypatch.setattr(cli, "KINDS", kinds)
+    monkeypatch.setattr(configfile, "KINDS", kinds)
+    monkeypatch.chdir(tmp_path)
+    parser = cli.build_parser()
+    assert "where metrics go (default: off)" in parser.format_help()
+    config = cli.config_from_args(parser.parse_args(
+        ["--telemetry-bind", "127.0.0.1:9100", "--http2-max-streams", "5", "--shiny",
+         "--trusted-headers", "a,b", "--trusted-headers", "c"]), {})
+    assert (config.telemetry_bind, config.http2_max_streams, config.shiny) == ("127.0.0.1:9100", 5, True)
+    assert config.trusted_headers == ["a", "b", "c"]
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--http2-max-streams", "many"])
+
+
+@pytest.mark.parametrize("attempt", range(5))
+def test_many_workers_failing_together_print_the_error_exactly_once(tmp_path: Path, attempt: int) -> None:
+    """Eight workers fail at once and are stopped mid-way: one error block, no stray tracebacks
+    (a worker stopped while exiting once fell back into the supervisor's code)."""
+    (tmp_path / "broken.py").write_text(BROKEN_APP)
+    result = run_cli(["broken:app", "--bind", "127.0.0.1:0", "--workers", "8"], tmp_path)
+    assert result.returncode == 3
+    assert result.stderr.count("Traceback") == 1, result.stderr
+    assert result.stderr.count("RuntimeError: no config for you") == 1
+    assert "Bad file descriptor" not in result.stderr and "SystemExit" not in result.stderr

@@ -145,7 +145,8 @@ workers = 2
 threads = 2
 ''')
     proc = spawn(["-m", "wsgiplus"], tmp_path)
-    proc.wait_for(r"supervisor pid \d+: 2 worker\(s\)")
+    proc.wait_for(r"2 worker processes x 2 threads, supervisor pid \d+")
+    proc.wait_for(r"settings: defaults < .*pyproject\.toml \[tool\.wsgiplus\] \(found in the working directory\)$")
     port = int(proc.wait_for(r"WSGI\+ listening on 127\.0\.0\.1:(\d+) \(2 threads")[0].group(1))
     assert re.fullmatch(r"v1 \d+", get(port, "/")[1])
     proc.send(signal.SIGTERM)

@@ -228,3 +228,53 @@ def test_gunicorn_reload_picks_up_changed_code(spawn, app_dir) -> None:  # noqa:
     assert get(port)[1].startswith("v2-reloaded ")
     proc.send(signal.SIGTERM)
     assert proc.wait(30) == 0
+
+
+def _headers_request(port: int, count: int) -> int:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        conn.request("GET", "/", headers={f"X-H{i}": "v" for i in range(count)} | {"Connection": "close"})
+        return conn.getresponse().status
+    finally:
+        conn.close()
+
+
+def _plain_gunicorn(spawn, cwd: Path, *extra: str, env: dict[str, str] | None = None):  # noqa: F811
+    """gunicorn with the worker class and nothing else set (no --threads)."""
+    proc = spawn(["-m", "gunicorn", "-k", "wsgiplus.gunicorn.Worker", "-b", "127.0.0.1:0",
+                  *NO_CONTROL, *extra, "plusapp:app"], cwd, env)
+    port = int(proc.wait_for(GUNICORN_LISTENING)[0].group(1))
+    threads = int(proc.wait_for(r"WSGI\+ listening on \S+ \((\d+) threads")[0].group(1))
+    return proc, port, threads
+
+
+def test_no_threads_given_runs_wsgiplus_default_not_gunicorns_one(spawn, app_dir) -> None:  # noqa: F811
+    proc, port, threads = _plain_gunicorn(spawn, app_dir)
+    assert threads == 8  # gunicorn's default would be 1
+    assert get(port)[0] == 200
+    proc.send(signal.SIGTERM)
+    assert proc.wait(30) == 0
+
+
+def test_wsgiplus_config_beats_gunicorn_defaults_and_explicit_gunicorn_settings_beat_it(spawn, app_dir) -> None:  # noqa: F811
+    (app_dir / "wsgiplus.toml").write_text("threads = 3\nmax_header_count = 5\n")
+    env = {"WSGIPLUS_CONFIG": str(app_dir / "wsgiplus.toml")}
+    proc, port, threads = _plain_gunicorn(spawn, app_dir, env=env)
+    assert threads == 3  # not gunicorn's unset default of 1
+    assert _headers_request(port, 10) == 431  # the file's 5, not gunicorn's unset default of 100
+    proc.send(signal.SIGTERM)
+    assert proc.wait(30) == 0
+
+    # set explicitly, even to gunicorn's default values: gunicorn's settings win
+    proc, port, threads = _plain_gunicorn(spawn, app_dir, "--threads", "1", "--limit-request-fields", "100",
+                                          env=env)
+    assert threads == 1
+    assert _headers_request(port, 10) == 200
+    proc.send(signal.SIGTERM)
+    assert proc.wait(30) == 0
+
+    # GUNICORN_CMD_ARGS counts as set too
+    proc, port, threads = _plain_gunicorn(spawn, app_dir, env={**env, "GUNICORN_CMD_ARGS": "--threads 2"})
+    assert threads == 2
+    proc.send(signal.SIGTERM)
+    assert proc.wait(30) == 0

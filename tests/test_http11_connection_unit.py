@@ -10,7 +10,7 @@ from fakes import FakeLoop, FakePool, FakeTransport, drive
 
 from wsgiplus.config import Config
 from wsgiplus.connection import Connection
-from wsgiplus.server import HTTPConnection, Server
+from wsgiplus.server import Exchange, HTTPConnection, Server
 from wsgiplus.wsgi import environ_template
 
 
@@ -235,14 +235,48 @@ def test_a_half_received_request_at_shutdown_is_answered_then_the_connection_clo
     assert out.endswith(b"/half") and b"Connection: close\r\n" in out and t.closed
 
 
-def test_an_idle_keep_alive_connection_closes_at_once_on_shutdown() -> None:
-    b = Bench(hello)
+def test_an_idle_keep_alive_connection_closes_after_the_drain_grace_on_shutdown() -> None:
+    b = Bench(hello, drain_grace=1.0)
     conn, t = b.connect()
     conn.data_received(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
     b.drive()
-    assert not t.closed
+    t.take()
     conn.shutdown()
+    assert not t.closed  # a pooling proxy may be sending on it right now
+    conn.data_received(b"GET /late HTTP/1.1\r\nHost: t\r\n\r\n")  # during the grace: answered, then closed
+    b.drive()
+    out = t.take()
+    assert out.endswith(b"/late") and b"Connection: close\r\n" in out and t.closed
+
+
+def test_an_idle_connection_closes_when_the_grace_passes_quietly() -> None:
+    b = Bench(hello, drain_grace=1.0)
+    conn, t = b.connect()
+    conn.data_received(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
+    b.drive()
+    conn.shutdown()
+    b.loop.now += 1.0
+    conn.check_timer(b.loop.time())
     assert t.closed
+
+
+def test_a_head_not_sent_yet_says_connection_close_on_shutdown() -> None:
+    fut: Future = Future()
+
+    def app(environ: dict, start_response: Any) -> Any:
+        yield fut
+        start_response("200 OK", [("Content-Length", "2")])
+        yield b"ok"
+
+    b = Bench(app)
+    conn, t = b.connect()
+    conn.data_received(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
+    b.drive()
+    conn.shutdown()
+    fut.set_result(None)
+    b.drive()
+    out = t.take()
+    assert out.endswith(b"ok") and b"Connection: close\r\n" in out and t.closed
 
 
 def test_disconnect_while_suspended_stops_the_app_and_frees_the_exchange() -> None:
@@ -300,3 +334,19 @@ def test_max_connections_is_the_servers_and_answers_503() -> None:
     b.connect()
     conn, t = b.connect()
     assert t.take().startswith(b"HTTP/1.1 503 ") and t.closed
+
+
+def test_the_exchange_sets_every_field_of_a_stream() -> None:
+    """``Exchange.__init__`` inlines ``Stream.__init__`` (hot path): it must not drift."""
+    from wsgiplus.protocol import RequestParser
+    from wsgiplus.streams import Stream
+
+    b = Bench(hello)
+    conn, _ = b.connect()
+    request = RequestParser().feed(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")[0]
+    ex = Exchange(conn, request, 1024)
+    reference = Stream(b.loop, ex.record)  # type: ignore[arg-type]
+    for name in Stream.__slots__:
+        if name != "_lock":
+            assert getattr(ex, name) == getattr(reference, name), name
+    assert ex._lock is not None and ex._lock is not reference._lock

@@ -6,6 +6,7 @@ import os
 import signal
 from pathlib import Path
 
+import pytest
 from test_supervisor import APP_SOURCE, READY, get, spawn  # noqa: F401 (spawn is a fixture)
 
 from wsgiplus.reload import FileWatcher
@@ -62,5 +63,58 @@ def test_reload_serves_the_new_code_and_survives_a_syntax_error(spawn, tmp_path:
     touch(app_file, APP_SOURCE.replace('VERSION = "v1"', 'VERSION = "v3"'))
     proc.wait_for(r"worker pid \d+ exited", start=mark)
     assert get(port)[1].startswith("v3 ")
+    proc.send(signal.SIGTERM)
+    assert proc.wait(30) == 0
+
+
+def test_matcher_include_and_exclude_patterns(tmp_path: Path) -> None:
+    from wsgiplus.reload import Matcher
+
+    m = Matcher([str(tmp_path)], include=["*.html", "conf/*.toml"], exclude=["scratch_*.py", "gen/*"])
+    yes = ["app.py", "pkg/mod.py", "templates/page.html", "conf/app.toml"]
+    no = ["scratch_a.py", "gen/out.py", "notes.txt", "other/app.toml", "app.pyc", ".git/x.py",
+          "__pycache__/m.py", ".venv/lib/x.py", "app.py.swp", "app.py~", ".#app.py"]
+    assert [p for p in yes if not m.wanted(str(tmp_path / p))] == []
+    assert [p for p in no if m.wanted(str(tmp_path / p))] == []
+    assert not m.wanted("/elsewhere/app.py")  # outside the watched directories
+    outside = tmp_path.parent / f"{tmp_path.name}-settings.yaml"
+    outside.write_text("x: 1\n")
+    try:
+        assert Matcher([str(tmp_path)], include=[str(outside)]).outside_files() == [str(outside)]
+    finally:
+        outside.unlink()
+
+
+@pytest.mark.parametrize("backend", ["watchfiles", "polling"])
+def test_reload_include_exclude_through_the_cli(spawn, tmp_path: Path, backend: str) -> None:  # noqa: F811
+    pytest.importorskip("watchfiles")
+    app_file = tmp_path / "plusapp.py"
+    app_file.write_text(APP_SOURCE)
+    (tmp_path / "scratch_a.py").write_text("x = 1\n")
+    (tmp_path / "templates").mkdir()
+    page = tmp_path / "templates" / "page.html"
+    page.write_text("<p>v1</p>")
+    env = {}
+    if backend == "polling":  # as on a machine without watchfiles: its import fails
+        blocker = tmp_path / "blocker"
+        blocker.mkdir()
+        (blocker / "watchfiles.py").write_text("raise ImportError('not installed here')\n")
+        env["PYTHONPATH"] = str(blocker)
+    proc = spawn(["-m", "wsgiplus", "plusapp:app", "--reload", "--bind", "127.0.0.1:0", "--threads", "2",
+                  "--no-access-log", "--reload-include", "*.html", "--reload-exclude", "scratch_*.py"],
+                 tmp_path, env)
+    port = int(proc.wait_for(r"WSGI\+ listening on 127\.0\.0\.1:(\d+)")[0].group(1))
+    proc.wait_for(READY)
+    how = "(watchfiles)" if backend == "watchfiles" else "(stat() polling; pip install 'wsgiplus[reload]'"
+    banner = proc.wait_for(r"reload: watching \*\.py \*\.html !scratch_\*\.py under .*")[0].group(0)
+    assert how in banner, banner
+    mark = proc.mark()
+    touch(tmp_path / "scratch_a.py", "x = 2\n")  # excluded: a watcher that saw it would report it first
+    touch(page, "<p>v2</p>")  # included: a watcher without the pattern would never reload
+    reasons = proc.wait_for(r"worker \d+: (.+) changed; reloading", start=mark)
+    assert reasons[0].group(1) == str(page), reasons[0].group(0)
+    proc.wait_for(r"worker pid \d+ exited", start=mark)
+    assert get(port)[0] == 200  # the fresh worker serves
+    assert not proc.matches(r"scratch_a\.py changed", start=mark)
     proc.send(signal.SIGTERM)
     assert proc.wait(30) == 0

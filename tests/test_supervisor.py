@@ -360,7 +360,8 @@ def test_max_requests_recycles_the_worker_without_dropping_requests(spawn, app_d
         pids.add(int(answers[-1][1].split()[1]))
     assert len(pids) == 3, proc.output
     assert all(status == 200 for status, _ in answers)
-    asked = proc.matches(r"worker \d+: served (\d+) requests \(max_requests\)")
+    # the second worker's line can still be on its way through the pipe: wait for it (bounded)
+    asked = proc.wait_for(r"worker \d+: served (\d+) requests \(max_requests\)", count=2)
     assert len(asked) >= 2 and all(5 <= int(m.group(1)) <= 7 for m in asked)
     proc.send(signal.SIGTERM)
     assert proc.wait(30) == 0

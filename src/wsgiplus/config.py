@@ -6,6 +6,7 @@ Names follow gunicorn and uvicorn where they mean the same thing.
 from __future__ import annotations
 
 import dataclasses
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -81,6 +82,15 @@ class Config:
     metrics_bind: str | None = None  # HOST:PORT or unix:PATH for /metrics, /healthz, /readyz
     statsd_host: str | None = None  # HOST:PORT or unix:PATH: gunicorn's statsd metric names
     statsd_prefix: str = ""
+    reload_include: list[str] = field(default_factory=list)  # glob patterns watched besides *.py
+    reload_exclude: list[str] = field(default_factory=list)  # glob patterns never watched
+    preload: bool = False  # import the app in the supervisor, before forking the workers
+    # the process
+    chdir: str | None = None  # change to this directory before loading the app
+    pythonpath: list[str] = field(default_factory=list)  # directories put first on sys.path
+    pidfile: str | None = None  # write the server's pid here (removed on exit)
+    env: list[str] = field(default_factory=list)  # KEY=VALUE set in the environment
+    env_file: str | None = None  # a .env file (variables already set win)
     # logging
     log_level: str = "info"
     access_log: bool = True
@@ -88,6 +98,7 @@ class Config:
     access_logfile: str | None = None  # "-" or None: stdout
     error_logfile: str | None = None  # None: stderr
     log_json: bool = False
+    log_config: str | None = None  # a logging config file (dictConfig .json/.toml, or ini)
 
     @property
     def limits(self) -> Limits:
@@ -138,11 +149,23 @@ class Config:
                 raise ValueError(f"{name} must not be negative")
         if self.keyfile and not self.certfile:
             raise ValueError("keyfile given without certfile")
+        for entry in self.env:
+            if "=" not in entry or not entry.split("=", 1)[0]:
+                raise ValueError(f"env {entry!r}: want KEY=VALUE")
+        if self.preload and self.reload:
+            raise ValueError("preload and reload do not go together: the supervisor would keep "
+                             "the code it imported; drop preload while developing")
+        if self.chdir and not os.path.isdir(self.chdir):
+            raise ValueError(f"chdir {self.chdir}: no such directory")
+        if self.env_file and not os.path.isfile(self.env_file):
+            raise ValueError(f"env_file {self.env_file}: no such file")
+        from .listeners import parse_bind
+
+        for bind in self.bind:
+            parse_bind(bind)  # BindError (a ValueError) names the bind and the problem
         TrustedPeers(self.forwarded_allow_ips)
         if self.metrics_bind:
             import importlib.util
-
-            from .listeners import parse_bind
 
             parse_bind(self.metrics_bind)
             if importlib.util.find_spec("prometheus_client") is None:

@@ -9,6 +9,9 @@ The heartbeat comes from an event-loop timer, not from a request finishing:
 a request suspended longer than ``--timeout`` does not get the worker killed
 (app code that *blocks* a thread is reported by WSGI+'s ``blocking_warn``).
 
+A gunicorn setting the user did not set does not override ``$WSGIPLUS_CONFIG``;
+with no ``--threads`` anywhere the worker runs WSGI+'s 8, not gunicorn's 1.
+
 gunicorn settings used: bind (its sockets), threads, backlog, keepalive,
 graceful_timeout, max_requests (+ jitter), limit_request_line/fields/
 field_size (0 = unlimited), worker_connections (max open connections),
@@ -25,6 +28,7 @@ import asyncio
 import datetime
 import logging
 import os
+import shlex
 import signal
 import sys
 from types import SimpleNamespace
@@ -65,6 +69,26 @@ def _request_headers(environ: dict[str, Any]) -> list[tuple[str, str]]:
     return headers
 
 
+def explicit_settings(cfg: Any) -> set[str]:
+    """The gunicorn settings the user set: on the command line or ``GUNICORN_CMD_ARGS`` (even
+    to the default value), or anywhere else to a value other than the default."""
+    names = set()
+    for name, setting in cfg.settings.items():
+        try:
+            default = setting.validator(setting.default) if setting.validator else setting.default
+            if setting.value != default:
+                names.add(name)
+        except Exception:  # a default that does not validate alone: judge by the command line
+            continue
+    try:
+        argv = sys.argv[1:] + shlex.split(os.environ.get("GUNICORN_CMD_ARGS", ""))
+        given, _ = cfg.parser().parse_known_args(argv)
+        names |= {k for k, v in vars(given).items() if v is not None and k in cfg.settings}
+    except (SystemExit, Exception):  # an embedding program's own argv: values alone decide
+        pass
+    return names
+
+
 class Worker(base.Worker):
     """gunicorn worker running the WSGI+ server on one event loop and a pool of ``--threads``."""
 
@@ -79,36 +103,59 @@ class Worker(base.Worker):
         signal.siginterrupt(signal.SIGUSR1, False)
 
     def wsgiplus_config(self) -> Config:
-        """gunicorn's settings, in WSGI+ terms (on top of $WSGIPLUS_CONFIG, if given)."""
+        """gunicorn's settings, in WSGI+ terms, with ``$WSGIPLUS_CONFIG`` (a TOML file) if given.
+
+        Precedence: a gunicorn setting you set (command line, ``GUNICORN_CMD_ARGS``,
+        a config file value other than the default) > ``$WSGIPLUS_CONFIG`` >
+        gunicorn's default, except ``threads``, whose gunicorn default (1: one
+        running request at a time) gives way to WSGI+'s. ``graceful_timeout`` is
+        always gunicorn's: its arbiter kills the worker after it.
+        """
         cfg = self.cfg
-        values: dict[str, Any] = {}
+        from_file: dict[str, Any] = {}
         path = os.environ.get("WSGIPLUS_CONFIG")
         if path:
             from .configfile import load_file
 
-            values.update(load_file(path))
+            from_file = load_file(path)
+        explicit = explicit_settings(cfg)
+        values = dict(from_file)
+
+        def take(field: str, setting: str, value: Any, gunicorn_default: bool = True) -> None:
+            if setting in explicit or (gunicorn_default and field not in from_file):
+                values[field] = value
+
+        take("threads", "threads", cfg.threads, gunicorn_default=False)
+        take("keepalive_timeout", "keepalive", float(cfg.keepalive))
+        take("max_request_line", "limit_request_line", cfg.limit_request_line or UNLIMITED)
+        take("max_header_count", "limit_request_fields", cfg.limit_request_fields or 32768)
+        take("max_header_size", "limit_request_field_size", cfg.limit_request_field_size or UNLIMITED)
+        take("max_connections", "worker_connections", cfg.worker_connections or None)
+        take("forwarded_allow_ips", "forwarded_allow_ips", list(cfg.forwarded_allow_ips))
+        take("certfile", "certfile", cfg.certfile if cfg.is_ssl else None)
+        take("keyfile", "keyfile", cfg.keyfile if cfg.is_ssl else None)
+        take("log_level", "loglevel", str(cfg.loglevel).lower())
+        if "graceful_timeout" in from_file and from_file["graceful_timeout"] != float(cfg.graceful_timeout):
+            self.log.warning("WSGIPLUS_CONFIG graceful_timeout %s ignored: gunicorn's arbiter stops the worker "
+                             "after its --graceful-timeout (%s)", from_file["graceful_timeout"],
+                             cfg.graceful_timeout)
         values.update(
             app=None,
             bind=[],
             fds=[],
             workers=cfg.workers,
-            threads=cfg.threads,
             backlog=cfg.backlog,
-            keepalive_timeout=float(cfg.keepalive),
             graceful_timeout=float(cfg.graceful_timeout),
-            max_request_line=cfg.limit_request_line or UNLIMITED,
-            max_header_count=cfg.limit_request_fields or 32768,
-            max_header_size=cfg.limit_request_field_size or UNLIMITED,
-            max_connections=cfg.worker_connections or None,
             proxy_headers=True,
-            forwarded_allow_ips=list(cfg.forwarded_allow_ips),
-            certfile=cfg.certfile if cfg.is_ssl else None,
-            keyfile=cfg.keyfile if cfg.is_ssl else None,
             access_log=False,  # gunicorn's access log writes the lines (see log_access)
             max_requests=0,  # gunicorn's arbiter recycles; see max_requests_reached
             reload=False,
             log_level=str(cfg.loglevel).lower(),
             statsd_host=None,  # gunicorn's own --statsd-host sees every request (log_access)
+            preload=False,
+            pidfile=None,
+            chdir=None,
+            log_config=None,
         )
         return Config(**values).validate()
 

@@ -1,9 +1,16 @@
 """Logging setup from a ``Config``: levels, where errors and access lines go, text or JSON.
 
-Two streams, as in gunicorn: the error log (``wsgiplus.error`` and the app's
-own loggers, via the root logger) to stderr or ``error_logfile``; the access
-log (``wsgiplus.access``) to stdout or ``access_logfile``. Files are opened
-with ``WatchedFileHandler`` so logrotate can move them without a signal.
+Two streams, as in gunicorn: the error log (``wsgiplus.error`` and the other
+``wsgiplus.*`` loggers) to stderr or ``error_logfile``; the access log
+(``wsgiplus.access``) to stdout or ``access_logfile``. Only WSGI+'s own loggers
+are configured, never the root logger: an app's libraries keep their own
+levels (no INFO flood from httpx), and an app that configures logging itself
+(Django) does not see its lines twice. Files are opened with
+``WatchedFileHandler`` so logrotate can move them without a signal.
+
+``log_config`` names a file of the user's own (``logging.config.dictConfig`` as
+JSON or TOML, or ``fileConfig`` ini), applied after this setup, so it may
+change WSGI+'s loggers too; loggers it does not name keep working.
 """
 
 from __future__ import annotations
@@ -11,11 +18,12 @@ from __future__ import annotations
 import json
 import logging
 import logging.handlers
+import os
 import sys
 import time
 from typing import IO, Any
 
-__all__ = ["JSONFormatter", "TEXT_FORMAT", "setup_logging"]
+__all__ = ["JSONFormatter", "TEXT_FORMAT", "apply_log_config", "setup_logging"]
 
 TEXT_FORMAT = "[%(asctime)s] [%(process)d] [%(levelname)s] %(message)s"
 DATE_FORMAT = "%Y-%m-%d %H:%M:%S %z"
@@ -66,9 +74,10 @@ def setup_logging(config: Any) -> None:
 
     error = _handler(config.error_logfile, sys.stderr)
     error.setFormatter(JSONFormatter() if as_json else logging.Formatter(TEXT_FORMAT, DATE_FORMAT))
-    root = logging.getLogger()
-    _install(root, error)
-    root.setLevel(level)
+    ours = logging.getLogger("wsgiplus")
+    _install(ours, error)
+    ours.setLevel(level)
+    ours.propagate = False  # the root logger is the app's
     logging.getLogger("wsgiplus.error").setLevel(logging.NOTSET)
 
     access = logging.getLogger("wsgiplus.access")
@@ -78,3 +87,42 @@ def setup_logging(config: Any) -> None:
     _install(access, handler)
     # the access log is on at any --log-level unless turned off
     access.setLevel(logging.INFO if config.access_log else logging.CRITICAL + 1)
+    if getattr(config, "log_config", None):
+        apply_log_config(config.log_config)
+
+
+def apply_log_config(path: str) -> None:
+    """Apply a logging config file: ``.json``/``.toml`` (dictConfig) or ini (fileConfig).
+
+    ``disable_existing_loggers`` defaults to false here (the standard library's
+    true would silence WSGI+'s own loggers); a file may still say true.
+    ValueError names the file and what is wrong.
+    """
+    import logging.config
+
+    suffix = os.path.splitext(path)[1].lower()
+    try:
+        if suffix in (".json", ".toml"):
+            if suffix == ".json":
+                with open(path, encoding="utf-8") as f:
+                    data = json.load(f)
+            else:
+                from .configfile import tomllib
+
+                if tomllib is None:
+                    raise ValueError("reading TOML on Python 3.10 needs 'tomli'")
+                with open(path, "rb") as f:
+                    data = tomllib.load(f)
+            if not isinstance(data, dict):
+                raise ValueError("want a dictConfig mapping at the top level")
+            data.setdefault("version", 1)
+            data.setdefault("disable_existing_loggers", False)
+            logging.config.dictConfig(data)
+        else:
+            if not os.path.isfile(path):
+                raise FileNotFoundError(path)
+            logging.config.fileConfig(path, disable_existing_loggers=False)
+    except FileNotFoundError:
+        raise ValueError(f"log config {path}: no such file") from None
+    except Exception as exc:  # json/toml/configparser/dictConfig errors: all say what is wrong
+        raise ValueError(f"log config {path}: {exc}") from None

@@ -21,12 +21,13 @@ import sys
 import time
 import traceback
 from collections.abc import Callable, Iterable
+from threading import Lock
 from typing import Any
 
 from . import fdlimit
 from .config import Config
 from .connection import Connection
-from .listeners import bind_socket, describe, socket_from_fd
+from .listeners import bind_socket, describe, socket_from_fd, unix_socket_file, unlink_unix_socket
 from .pool import ThreadPool
 from .protocol import (
     Data,
@@ -86,7 +87,16 @@ class Exchange(Stream):
 
     def __init__(self, conn: HTTPConnection, request: Request, spool: int,
                  budget: MemoryBudget | None = None) -> None:
-        Stream.__init__(self, conn.loop, ExchangeRecord(request.method, conn.remote))
+        # Stream.__init__, inlined (one per request): keep in step with streams.Stream
+        self.loop = conn.loop
+        self.record = ExchangeRecord(request.method, conn.remote)
+        self.consumer = None
+        self.paused = False
+        self.disconnected = False
+        self._lock = Lock()
+        self.outbox = None
+        self._out_size = 0
+        self.flush_posted = False
         self.conn = conn
         self.request: Request | None = request
         self.body = BodyBuffer(spool, budget) if request.has_body else None
@@ -156,7 +166,9 @@ class Exchange(Stream):
     def deliver(self, items: list[Any]) -> None:
         conn = self.conn
         if not conn.disconnected:
-            conn.transport.write(items[0] if len(items) == 1 else b"".join(items))  # type: ignore[union-attr]
+            data = items[0] if len(items) == 1 else b"".join(items)
+            conn.server.bytes_out += len(data)
+            conn.transport.write(data)  # type: ignore[union-attr]
 
     def complete(self) -> None:
         framer = self.framer
@@ -257,12 +269,17 @@ class HTTPConnection(Connection, asyncio.Protocol):
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             except OSError:
                 pass
-        if not self.server.connection_made(self):
+        server = self.server
+        allowed = server.connection_made(self)
+        if server.stopping:  # taken from the accept queue as the server stops
+            self.draining = True
+        if not allowed:
             self._send_error(ProtocolError(503, "too many connections"))
             return
         self._set_timer(config.header_timeout, self._on_header_timeout)
 
     def data_received(self, data: bytes) -> None:
+        self.server.bytes_in += len(data)
         if self.pending_error is not None or self.closing:
             return
         if self.upgrade_buffer is not None:
@@ -662,7 +679,7 @@ class HTTPConnection(Connection, asyncio.Protocol):
             del self.queue[0]
         if type(ex.body) is StreamingBody and not ex.received:
             keep_alive = False  # the rest of the body must never be read as a request
-        if abort or not keep_alive or self.closing or (self.draining and not self.queue):
+        if abort or not keep_alive or self.closing:
             self.close()
             return
         if self.queue:
@@ -676,6 +693,8 @@ class HTTPConnection(Connection, asyncio.Protocol):
         elif self.pending_error is not None:
             self._send_error(self.pending_error)
             return
+        elif self.draining:  # the head promised keep-alive: the client may reuse it now
+            self._drain_idle()
         else:
             self._idle = True
             self._set_timer(self.config.keepalive_timeout, self._on_keepalive_timeout, "keepalive")
@@ -702,11 +721,14 @@ class HTTPConnection(Connection, asyncio.Protocol):
 
     def _send_error(self, exc: ProtocolError) -> None:
         self.pending_error = exc
+        if self.server.metrics is not None:
+            self.server.metrics.rejected(exc.status)
         self.transport.write(error_response(exc.status, exc.reason, False, self.server.server_header))  # type: ignore[union-attr]
         self.close()
 
     def write(self, data: bytes) -> None:
         if not self.disconnected:
+            self.server.bytes_out += len(data)
             self.transport.write(data)  # type: ignore[union-attr]
 
     def close(self) -> None:
@@ -719,14 +741,34 @@ class HTTPConnection(Connection, asyncio.Protocol):
     def shutdown(self) -> None:
         """Graceful stop: never drop a request the client has sent.
 
-        An idle keep-alive connection is closed at once (clients know one may
-        close between requests). A new connection that has not delivered its
-        first request yet, or a request partly received, is answered first:
-        the head and body timers bound the wait, the graceful timeout the rest.
+        An idle keep-alive connection is closed after ``drain_grace`` seconds
+        of quiet (a request that arrives meanwhile is answered with
+        ``Connection: close``); so is one whose response, started with
+        keep-alive, ends during the stop. A new connection that has not
+        delivered its first request yet, or a request partly received, is
+        answered: the head and body timers bound the wait, the graceful
+        timeout the rest.
         """
         self.draining = True
+        for ex in self.queue:  # a head not sent yet says Connection: close
+            if ex.framer is None:
+                ex.keep_alive = False  # a step framing the head now reads either value: both are fine
         between_requests = self.requests > 0 and (self.parser is None or self.parser.idle)
         if not self.queue and between_requests:
+            self._drain_idle()
+
+    def _drain_idle(self) -> None:
+        """An idle keep-alive connection on a graceful stop: close it after a quiet grace.
+
+        A pooling proxy may be sending a request on it right now; closing at once
+        loses that request (nginx never retries a POST it has sent). During the
+        grace whatever arrives is answered with ``Connection: close``.
+        """
+        grace = self.config.drain_grace
+        if grace > 0 and not self.closing:
+            self._idle = True
+            self._set_timer(grace, self._on_keepalive_timeout, "keepalive")
+        else:
             self.close()
 
     # -- timers -----------------------------------------------------------------
@@ -848,8 +890,13 @@ class Server:
         self.active = 0  # requests handed to the app and not finished
         self.sockets: list[socket.socket] = []
         self._servers: list[asyncio.AbstractServer] = []
+        self._factories: list[tuple[socket.socket, Callable[[], HTTPConnection], Any]] = []
+        self.stopping = False  # a graceful stop has begun (readiness turns false)
+        self.bytes_in = 0  # received from clients, for metrics
+        self.bytes_out = 0  # sent to clients (responses; not 100 Continue or error pages)
+        self.metrics: Any = None  # a metrics.RequestStats, when metrics or statsd are on
         self._stopping: asyncio.Event | None = None
-        self._unix_paths: list[str] = []
+        self._unix_paths: list[tuple[str, tuple[int, int] | None]] = []
         self._idle_waiter: asyncio.Future | None = None
         self.started = False
         self.suspensions = Suspensions(self.config.max_suspended, self.config.suspend_timeout)
@@ -866,6 +913,7 @@ class Server:
         self._spare_parsers: list[RequestParser] = []
         self._warned: set[tuple[int, float]] = set()
         self._uvloop = False
+        self.hurry = False  # stop_now() was called: no graceful wait
 
     @property
     def addresses(self) -> list[str]:
@@ -885,7 +933,7 @@ class Server:
         self.pool = ThreadPool(config.threads, affinity=config.thread_affinity)
         if sockets is None:  # ours to make, so ours to unlink at the end
             sockets = self.make_sockets()
-            self._unix_paths = [s.getsockname() for s in sockets if s.family == socket.AF_UNIX]
+            self._unix_paths = [unix_socket_file(s) for s in sockets if s.family == socket.AF_UNIX]
         self.sockets = sockets
         multiprocess = config.workers > 1
         tls = _ssl_context(config)
@@ -900,10 +948,12 @@ class Server:
             else:
                 srv = await self.loop.create_server(factory, sock=sock, backlog=config.backlog, ssl=tls)
             self._servers.append(srv)
+            self._factories.append((sock, factory, tls))
         self.started = True
         if config.blocking_warn:
             self._watchdog = self.loop.call_later(min(1.0, config.blocking_warn / 2), self._watch_pool)
-        timeouts = [t for t in (config.keepalive_timeout, config.header_timeout, config.body_timeout) if t]
+        timeouts = [t for t in (config.keepalive_timeout, config.header_timeout, config.body_timeout,
+                                config.drain_grace) if t]
         self._sweep_every = min([1.0] + [max(0.05, t / 4) for t in timeouts])
         self._sweeper = self.loop.call_later(self._sweep_every, self._sweep)
         self._uvloop = type(self.loop).__module__.startswith("uvloop")
@@ -946,9 +996,11 @@ class Server:
         self.connection_closed(conn)
 
     def access(self, conn: Connection, record: ExchangeRecord) -> None:
-        """Called once per finished exchange, on the loop: the access log line."""
+        """Called once per finished exchange, on the loop: the access log line, the metrics."""
         if self.access_log is not None:
             self.access_log(record, conn)
+        if self.metrics is not None:
+            self.metrics.observe(record)
 
     def _sweep(self) -> None:
         """Fire due connection timeouts (keep-alive, head, body): one timer for all."""
@@ -991,6 +1043,14 @@ class Server:
             return
         self.loop.call_soon_threadsafe(self._stopping.set)
 
+    def stop_now(self) -> None:
+        """Stop without waiting: cut every connection (a second Ctrl-C). Loop thread only."""
+        self.hurry = True
+        if self._stopping is not None:
+            self._stopping.set()
+        for conn in list(self.connections):
+            conn.abort()
+
     async def wait_stopped(self) -> None:
         assert self._stopping is not None
         await self._stopping.wait()
@@ -998,10 +1058,16 @@ class Server:
     async def shutdown(self, timeout: float | None = None) -> None:
         """Stop accepting, let in-flight requests (suspended ones too) finish, then close."""
         timeout = self.config.graceful_timeout if timeout is None else timeout
+        self.stopping = True
+        queued = self._take_accept_queue()
+        if self.hurry:
+            timeout = 0.0
         for srv in self._servers:
             srv.close()
         for conn in list(self.connections):
             conn.shutdown()
+        if queued:
+            await self._adopt(queued, timeout)
         if self.connections:
             self._idle_waiter = self.loop.create_future()
             try:
@@ -1021,11 +1087,52 @@ class Server:
                 pass
         # let iterables closed because of the abort finish their close() on the pool
         await self.loop.run_in_executor(None, self.pool.shutdown, 5.0)
-        for path in self._unix_paths:
+        for path, identity in self._unix_paths:
             try:
-                os.unlink(path)
+                unlink_unix_socket(path, identity)
             except OSError:
                 pass
+
+    def _take_accept_queue(self) -> list[tuple[socket.socket, Callable[[], HTTPConnection], Any]]:
+        """Accept what waits in the listen queues now, before closing them.
+
+        Closing a listening socket resets the connections the kernel has queued
+        on it; a proxy that has already sent a request on one cannot retry it.
+        Taking them first leaves a window of microseconds, not the whole drain.
+        """
+        taken = []
+        for sock, factory, tls in self._factories:
+            for _ in range(max(1, self.config.backlog)):
+                try:
+                    conn, _ = sock.accept()
+                except (BlockingIOError, InterruptedError):
+                    break
+                except OSError:
+                    break
+                conn.setblocking(False)
+                taken.append((conn, factory, tls))
+        return taken
+
+    async def _adopt(self, queued: list[tuple[socket.socket, Callable[[], HTTPConnection], Any]],
+                     timeout: float) -> None:
+        """Serve the connections ``_take_accept_queue`` took (a quick stop just closes them)."""
+        if timeout <= 0:
+            for sock, _, _ in queued:
+                sock.close()
+            return
+        handshake = min(timeout, self.config.header_timeout or timeout)
+        tasks = []
+        for sock, factory, tls in queued:
+            extra = {"ssl": tls, "ssl_handshake_timeout": handshake} if tls is not None else {}
+            tasks.append(self.loop.create_task(self.loop.connect_accepted_socket(factory, sock, **extra)))
+        done, pending = await asyncio.wait(tasks, timeout=handshake + 1)
+        for task in pending:
+            task.cancel()
+        for (sock, _, _), task in zip(queued, tasks, strict=True):
+            if task in pending or task.cancelled() or task.exception() is not None:
+                if task in done and not task.cancelled():
+                    log.info("a connection accepted while stopping failed: %s", task.exception())
+                sock.close()
 
     async def serve(self, sockets: list[socket.socket] | None = None) -> None:
         """Start, serve until ``request_stop()`` (or SIGTERM/SIGINT), then shut down."""
@@ -1038,9 +1145,15 @@ class Server:
     def _install_signals(self) -> None:
         if sys.platform == "win32":
             return
+        def on_signal() -> None:  # the first: graceful; a second one: stop now
+            if self._stopping is not None and self._stopping.is_set():
+                self.stop_now()
+            else:
+                self.request_stop()
+
         for sig in (signal.SIGTERM, signal.SIGINT):
             try:
-                self.loop.add_signal_handler(sig, self.request_stop)
+                self.loop.add_signal_handler(sig, on_signal)
             except (RuntimeError, ValueError):  # not the main thread
                 return
 

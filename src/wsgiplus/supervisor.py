@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import importlib
 import logging
 import os
 import random
@@ -29,12 +30,19 @@ import socket
 import sys
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from .config import Config
 from .importer import AppImportError, import_app
-from .listeners import bind_socket, describe, socket_from_fd, unix_socket_file, unlink_unix_socket
+from .listeners import (
+    ListenError,
+    bind_socket,
+    describe,
+    socket_from_fd,
+    unix_socket_file,
+    unlink_unix_socket,
+)
 from .server import Server, new_event_loop
 
 log = logging.getLogger("wsgiplus.error")
@@ -83,6 +91,34 @@ def load_app(config: Config) -> Callable[..., Any]:
     return app() if config.factory else app
 
 
+def _ours(filename: str) -> bool:
+    """Frames a user need not read: WSGI+'s own and the import machinery's."""
+    return filename.startswith(_NOT_THE_APP)
+
+
+_NOT_THE_APP = (os.path.dirname(os.path.abspath(__file__)) + os.sep,
+                os.path.dirname(importlib.__file__) + os.sep, "<frozen importlib")
+
+
+def app_error_text(config: Config, exc: BaseException) -> str:
+    """Why the app does not load, the same in one process and in N workers: one line for a
+    bad app spec, else the app's own traceback (frames of WSGI+ and importlib left out)."""
+    spec = config.app if isinstance(config.app, str) else repr(config.app)
+    if isinstance(exc, AppImportError):
+        return f"cannot load the app {spec!r}: {exc}"
+    tb = traceback.TracebackException.from_exception(exc)
+    seen: set[int] = set()
+    pending = [tb]
+    while pending:
+        t = pending.pop()
+        if id(t) in seen:
+            continue
+        seen.add(id(t))
+        t.stack = traceback.StackSummary.from_list([f for f in t.stack if not _ours(f.filename)])
+        pending += [c for c in (t.__cause__, t.__context__) if c is not None]
+    return f"cannot load the app {spec!r}:\n" + "".join(tb.format()).rstrip()
+
+
 def _failed_app(text: str) -> Callable[..., Any]:
     """With --reload, an app that does not import answers 500 with why, until the file is fixed."""
     body = f"wsgiplus: the app failed to load (fix it; --reload is watching)\n\n{text}".encode()
@@ -96,34 +132,48 @@ def _failed_app(text: str) -> Callable[..., Any]:
 
 
 def run_worker(config: Config, sockets: list[socket.socket] | None, status_fd: int | None = None,
-               app: Callable[..., Any] | None = None) -> int:
+               app: Callable[..., Any] | None = None, may_report: Callable[[], bool] | None = None,
+               sources: Sequence[str] = ()) -> int:
     """Serve ``config.app`` on ``sockets`` until told to stop; return the exit status.
 
     ``sockets`` None: bind ``config.bind`` here. ``status_fd`` is the pipe to the
-    supervisor (None when running in-process).
+    supervisor (None when running in-process). ``may_report()`` says whether this
+    worker is the one to print an import error (N workers print it once).
     """
-    pid = os.getpid()
     watcher = None
     if config.reload:  # look at the files before importing them, so no edit slips between
-        from .reload import FileWatcher
+        from .reload import make_watcher
 
-        watcher = FileWatcher(config.reload_dirs or [os.getcwd()])
+        watcher = make_watcher(config.reload_dirs or [os.getcwd()], include=config.reload_include,
+                               exclude=config.reload_exclude)
     try:
         app = app if app is not None else load_app(config)
     except Exception as exc:  # the app's import error, whatever it is
+        text = app_error_text(config, exc)
         if not config.reload:
-            log.error("worker %d: cannot load the app %r", pid, config.app, exc_info=exc)
+            # the supervisor stops the other workers (SIGQUIT) once one exits: not between
+            # taking the turn to print and printing, or nobody prints
+            masked = hasattr(signal, "pthread_sigmask")
+            if masked:
+                old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGQUIT, signal.SIGTERM})
+            try:
+                if may_report is None or may_report():
+                    log.error("%s", text)
+                    for handler in logging.getLogger("wsgiplus").handlers:
+                        handler.flush()
+            finally:
+                if masked:
+                    signal.pthread_sigmask(signal.SIG_SETMASK, old)
             return BOOT_ERROR
-        log.error("worker %d: cannot load the app %r; serving the error until a file changes",
-                  pid, config.app, exc_info=exc)
+        log.error("%s\n(serving this error until a file changes)", text)
         filename = getattr(exc, "filename", None)
         if isinstance(filename, str) and watcher is not None:
             watcher.add_file(filename)
-        app = _failed_app("".join(traceback.format_exception(exc)))
+        app = _failed_app(text)
     loop = new_event_loop(config.loop)
     asyncio.set_event_loop(loop)
     try:
-        return loop.run_until_complete(_serve_worker(config, sockets, status_fd, app, watcher))
+        return loop.run_until_complete(_serve_worker(config, sockets, status_fd, app, watcher, sources))
     finally:
         try:
             loop.run_until_complete(loop.shutdown_asyncgens())
@@ -132,7 +182,7 @@ def run_worker(config: Config, sockets: list[socket.socket] | None, status_fd: i
 
 
 async def _serve_worker(config: Config, sockets: list[socket.socket] | None, status_fd: int | None,
-                        app: Callable[..., Any], watcher: Any) -> int:
+                        app: Callable[..., Any], watcher: Any, sources: Sequence[str] = ()) -> int:
     loop = asyncio.get_running_loop()
     pid, ppid = os.getpid(), os.getppid()
     asked: list[str] = []
@@ -170,15 +220,31 @@ async def _serve_worker(config: Config, sockets: list[socket.socket] | None, sta
         metrics = WorkerMetrics(server, config, loop, listener_sock=listener,
                                 multiprocess=status_fd is not None and bool(config.metrics_bind))
     tell(MSG_READY)
+    if status_fd is None:  # the process the user started: tell them what runs where
+        from .banner import log_banner
 
-    def stop(fast: bool) -> None:
-        if fast:
-            quick.append(True)
-        server.request_stop()
+        uv = type(loop).__module__.startswith("uvloop")
+        log_banner(config, server.addresses, sources=sources, loop="uvloop" if uv else "asyncio")
 
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop, False)
-    loop.add_signal_handler(signal.SIGQUIT, stop, True)
+    def stop(sig: int) -> None:
+        # In this process alone: TERM/INT graceful, a second one (or QUIT) stops now. Under a
+        # supervisor, the supervisor decides: TERM graceful (again: no change), QUIT now.
+        again = bool(stopping) and status_fd is None
+        if sig == signal.SIGQUIT or again:
+            if not quick:
+                quick.append(True)
+                if stopping:
+                    log.info("worker %d: %s%s: stopping now, cutting %d request(s)", pid,
+                             signal.Signals(sig).name, " again" if again else "", server.active)
+            server.stop_now()
+        elif not stopping:
+            stopping.append(sig)
+            server.request_stop()
+
+    stopping: list[int] = []
+    sigs = [signal.SIGTERM, signal.SIGQUIT] + ([signal.SIGINT] if status_fd is None else [])
+    for sig in sigs:  # a supervised worker ignores SIGINT: the terminal sends it to the whole group
+        loop.add_signal_handler(sig, stop, sig)
 
     def watch_parent() -> None:
         if status_fd is not None and os.getppid() != ppid:
@@ -205,6 +271,8 @@ async def _serve_worker(config: Config, sockets: list[socket.socket] | None, sta
         stop_watching.set()
     timeout = 0.0 if quick else config.graceful_timeout
     log.info("worker %d: stopping (%d requests in flight, graceful timeout %ss)", pid, server.active, timeout)
+    if status_fd is None and server.active and not quick:
+        log.info("waiting for %d request(s) to finish; press Ctrl-C again to stop now", server.active)
     await server.shutdown(timeout)
     if metrics is not None:
         metrics.close()
@@ -239,8 +307,10 @@ class Supervisor:
     HANDLED = (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGHUP,
                signal.SIGTTIN, signal.SIGTTOU, signal.SIGCHLD)
 
-    def __init__(self, config: Config, app: Callable[..., Any] | None = None) -> None:
+    def __init__(self, config: Config, app: Callable[..., Any] | None = None,
+                 sources: Sequence[str] = ()) -> None:
         self.config = config
+        self.sources = list(sources)
         self.app = app if app is not None and not isinstance(app, str) else None
         self.target = config.workers
         self.workers: dict[int, WorkerProcess] = {}
@@ -255,6 +325,25 @@ class Supervisor:
         self._wake_r, self._wake_w = os.pipe()
         self.restarts: dict[str, int] = {"replaced": 0, "died": 0}  # workers started to replace one
         self.metrics: Any = None  # a SupervisorMetrics with --metrics-bind / --statsd-host
+        # one token: the worker that takes it prints an import error, so N workers print it once
+        self._say_r, self._say_w = os.pipe()
+        os.set_blocking(self._say_r, False)
+        os.set_blocking(self._say_w, False)
+        self.rearm_report()
+
+    def rearm_report(self) -> None:
+        """Let the next worker that cannot import the app print why (one token in the pipe)."""
+        try:
+            os.read(self._say_r, 64)
+        except BlockingIOError:
+            pass
+        os.write(self._say_w, b"x")
+
+    def _may_report(self) -> bool:
+        try:
+            return os.read(self._say_r, 1) == b"x"
+        except BlockingIOError:
+            return False
 
     # -- setup ----------------------------------------------------------
 
@@ -316,8 +405,9 @@ class Supervisor:
             signal.set_wakeup_fd(-1)
             for sig in self.HANDLED:
                 signal.signal(sig, signal.SIG_DFL)
-            for sig in (signal.SIGHUP, signal.SIGTTIN, signal.SIGTTOU):
-                signal.signal(sig, signal.SIG_IGN)  # the supervisor's business, not a worker's
+            for sig in (signal.SIGHUP, signal.SIGTTIN, signal.SIGTTOU, signal.SIGINT):
+                # the supervisor's business, not a worker's (Ctrl-C reaches the whole group)
+                signal.signal(sig, signal.SIG_IGN)
             signal.signal(signal.SIGQUIT, _exit_now)  # until the loop installs its handlers
             self.selector.close()
             os.close(self._wake_r)
@@ -329,17 +419,22 @@ class Supervisor:
                     pass
             if self.metrics is not None:
                 self.metrics.in_child()
-            status = run_worker(self.config, self.sockets, status_fd, self.app)
+            os.close(self._say_w)
+            status = run_worker(self.config, self.sockets, status_fd, self.app, self._may_report)
         except SystemExit as exc:
             status = exc.code if isinstance(exc.code, int) else 1
         except BaseException:
             log.exception("worker %d crashed", os.getpid())
             status = 1
-        finally:
-            logging.shutdown()
-            sys.stdout.flush()
-            sys.stderr.flush()
-            os._exit(status)
+        finally:  # a forked child must never return into the supervisor's code, whatever happens
+            try:
+                for sig in (signal.SIGQUIT, signal.SIGTERM):
+                    signal.signal(sig, signal.SIG_IGN)  # a late stop signal must not raise here
+                logging.shutdown()
+                sys.stdout.flush()
+                sys.stderr.flush()
+            finally:
+                os._exit(status)
 
     def stop_worker(self, worker: WorkerProcess, sig: int = signal.SIGTERM) -> None:
         if not worker.stopping:
@@ -379,6 +474,7 @@ class Supervisor:
             if msg == MSG_READY and not worker.ready:
                 worker.ready = True
                 self.backoff = 1.0
+                self.rearm_report()
                 log.info("worker pid %d ready", worker.pid)
                 old = self.workers.get(worker.replaces) if worker.replaces else None
                 if old is not None and not old.stopping:
@@ -410,6 +506,8 @@ class Supervisor:
             self.metrics.worker_gone(worker.pid)
         if worker.stopping:
             log.info("worker pid %d exited (%s)", worker.pid, how)
+        elif code == BOOT_ERROR and not worker.ready:
+            log.warning("worker pid %d could not load the app (%s)", worker.pid, how)
         else:
             log.warning("worker pid %d died unexpectedly (%s)", worker.pid, how)
             if not self.stopping:
@@ -478,7 +576,13 @@ class Supervisor:
 
     def handle_signal(self, sig: int) -> None:
         if sig in (signal.SIGTERM, signal.SIGINT):
-            log.info("%s: graceful stop (timeout %ss)", signal.Signals(sig).name, self.config.graceful_timeout)
+            name = signal.Signals(sig).name
+            if self.stopping:
+                log.info("%s again: stopping now (in-flight requests are cut)", name)
+                self.begin_stop(signal.SIGQUIT)
+                return
+            log.info("%s: graceful stop: waiting for in-flight requests (timeout %ss); "
+                     "press Ctrl-C again to stop now", name, self.config.graceful_timeout)
             self.begin_stop(signal.SIGTERM)
         elif sig == signal.SIGQUIT:
             log.info("SIGQUIT: quick stop")
@@ -487,6 +591,7 @@ class Supervisor:
             if self.stopping:
                 return
             log.info("SIGHUP: replacing %d worker(s) with fresh ones", len(self.serving()))
+            self.rearm_report()
             for worker in self.serving():
                 self.replace(worker)
         elif sig == signal.SIGTTIN:
@@ -501,12 +606,17 @@ class Supervisor:
     def run(self) -> int:
         try:
             self.open_sockets()
+        except ListenError as exc:
+            log.error("%s", exc)
+            return exc.status
         except OSError as exc:
             log.error("cannot listen: %s", exc)
             return 1
         self.install_signals()
-        log.info("WSGI+ supervisor pid %d: %d worker(s) on %s", os.getpid(), self.target,
-                 ", ".join(describe(s) for s in self.sockets))
+        from .banner import log_banner
+
+        log_banner(self.config, [describe(s) for s in self.sockets], sources=self.sources,
+                   supervisor_pid=os.getpid())
         try:
             self.maintain()
             while self.workers or not self.stopping:
@@ -569,24 +679,88 @@ class Supervisor:
                 if exc.errno != errno.ENOENT:
                     log.warning("cannot remove %s: %s", path, exc)
         self.selector.close()
-        os.close(self._wake_r)
-        os.close(self._wake_w)
+        for fd in (self._wake_r, self._wake_w, self._say_r, self._say_w):
+            os.close(fd)
 
 
-def run(config: Config) -> int:
-    """Serve ``config``: in this process when one worker will do, else under a supervisor."""
-    if config.workers <= 1 and not config.reload and config.max_requests <= 0:
+def prepare_process(config: Config) -> None:
+    """The process settings, before anything is imported: chdir, sys.path, the environment."""
+    if config.chdir:
+        os.chdir(config.chdir)
+    for path in reversed(config.pythonpath):
+        path = os.path.abspath(path)
+        if path in sys.path:
+            sys.path.remove(path)
+        sys.path.insert(0, path)
+    if config.env_file:
+        try:
+            from dotenv import dotenv_values
+        except ImportError:
+            raise ValueError("env_file needs python-dotenv: pip install 'wsgiplus[dotenv]'") from None
+        for key, value in dotenv_values(config.env_file).items():
+            if value is not None:
+                os.environ.setdefault(key, value)  # the environment you started with wins
+    for entry in config.env:
+        key, _, value = entry.partition("=")
+        os.environ[key] = value
+
+
+def _write_pidfile(path: str) -> None:
+    tmp = f"{path}.{os.getpid()}.tmp"
+    with open(tmp, "w") as f:
+        f.write(f"{os.getpid()}\n")
+    os.replace(tmp, path)  # never a half-written pid file
+
+
+def _remove_pidfile(path: str) -> None:
+    try:
+        with open(path) as f:
+            if f.read().strip() != str(os.getpid()):
+                return  # someone else's by now
+        os.unlink(path)
+    except OSError:
+        pass
+
+
+def run(config: Config, *, sources: Sequence[str] = ()) -> int:
+    """Serve ``config``: in this process when one worker will do, else under a supervisor.
+
+    ``sources`` (where the settings came from, for the banner) is the CLI's.
+    """
+    try:
+        prepare_process(config)
+    except (OSError, ValueError) as exc:
+        log.error("%s", exc)
+        return 2
+    if config.pidfile:
+        try:
+            _write_pidfile(config.pidfile)
+        except OSError as exc:
+            log.error("cannot write the pid file %s: %s", config.pidfile, exc.strerror)
+            return 1
+    try:
+        return _run(config, sources)
+    finally:
+        if config.pidfile:
+            _remove_pidfile(config.pidfile)
+
+
+def _run(config: Config, sources: Sequence[str]) -> int:
+    supervised = not (config.workers <= 1 and not config.reload and config.max_requests <= 0)
+    app = None
+    if not supervised or config.preload:
         try:
             app = load_app(config)
-        except AppImportError as exc:
-            log.error("wsgiplus: %s", exc)
+        except Exception as exc:  # the app's import error, whatever it is
+            log.error("%s", app_error_text(config, exc))
             return BOOT_ERROR
-        except Exception:
-            log.exception("wsgiplus: cannot load the app %r", config.app)
-            return BOOT_ERROR
+    if not supervised:
         try:
-            return run_worker(config, None, None, app)
+            return run_worker(config, None, None, app, sources=sources)
+        except ListenError as exc:
+            log.error("%s", exc)
+            return exc.status
         except OSError as exc:
             log.error("wsgiplus: %s", exc)
             return 1
-    return Supervisor(config).run()
+    return Supervisor(config, app=app, sources=sources).run()
