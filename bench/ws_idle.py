@@ -93,8 +93,11 @@ class Client:
         self.writer: asyncio.StreamWriter
 
     async def open(self, port: int) -> None:
+        await self.open_path(port, "/")
+
+    async def open_path(self, port: int, path: str) -> None:
         self.reader, self.writer = await asyncio.open_connection("127.0.0.1", port)
-        self.writer.write(self.ws.send(Request(host="bench", target="/")))
+        self.writer.write(self.ws.send(Request(host="bench", target=path)))
         await self.until(AcceptConnection)
 
     async def until(self, kind: type) -> object:

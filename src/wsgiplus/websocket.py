@@ -159,7 +159,14 @@ class WebSocket:
         if not isinstance(message, (str, bytes)):
             message = bytes(message)
         fut: Future[None] = Future()
-        self._post(fut, "_send", message, fut)
+        conn = self._conn
+        if conn is not None and self.close_code is None and conn.reserve(len(message)):
+            # the socket's buffer is below its mark and little is on its way to it:
+            # done now, so the app goes on without a hop; the write is posted behind it
+            fut.set_result(None)
+            self._post(fut, "_send", message, None)
+        else:
+            self._post(fut, "_send", message, fut)
         return fut
 
     def close(self, code: int = NORMAL, reason: str = "") -> Future[None]:
@@ -180,6 +187,8 @@ class WebSocket:
         try:
             loop.call_soon_threadsafe(fn, *args)
         except RuntimeError:  # the loop is closed: the server has stopped
+            if fut.done():
+                return
             if method == "_send":
                 fut.set_exception(ConnectionClosed(self.close_code or 1006))
             else:
@@ -249,6 +258,9 @@ class WebSocketConnection(Connection, asyncio.Protocol):
         "on_lost",
         "counted",
         "runner",
+        "_posted",
+        "_posted_lock",
+        "_high",
     )
 
     def __init__(
@@ -303,6 +315,10 @@ class WebSocketConnection(Connection, asyncio.Protocol):
         self.on_lost = on_lost
         self.counted = False  # in the server's count of open WebSockets
         self.runner: Any = None  # the request's runner (for the server's callbacks)
+        # bytes of sends resolved at once and not yet written by the loop (send()'s fast path)
+        self._posted = 0
+        self._posted_lock = threading.Lock()
+        self._high = write_buffer_high
         ws._conn = self
         ws._loop = loop
 
@@ -395,20 +411,42 @@ class WebSocketConnection(Connection, asyncio.Protocol):
                 self._waiters = []
             self._waiters.append(fut)
 
-    def _send(self, data: str | bytes, fut: Future[Any]) -> None:
+    def reserve(self, size: int) -> bool:
+        """Any thread: may a send of ``size`` bytes be done at once? (not paused, and what
+        is already on its way to the transport stays under the high-water mark)"""
+        if self.write_paused:
+            return False
+        with self._posted_lock:
+            if self._posted + size > self._high and self._posted:
+                return False
+            self._posted += size
+            return True
+
+    def _send(self, data: str | bytes, fut: Future[Any] | None) -> None:
+        """``fut`` is None when ``send()`` already resolved it (``reserve()`` said yes)."""
+        if fut is None:
+            with self._posted_lock:
+                self._posted -= len(data)
         proto = self.proto
         if not proto.open or self.disconnected:
-            _fail(fut, ConnectionClosed(proto.close_code, proto.close_reason))
+            if fut is not None:
+                _fail(fut, ConnectionClosed(proto.close_code, proto.close_reason))
             return
         proto.send(data)
         self._last_message = self.loop.time()
         self._flush()
-        if not self.write_paused:
-            _resolve(fut, None)
+        if not self.write_paused or fut is None:
+            if fut is not None:
+                _resolve(fut, None)
+            else:
+                self._check_send_limit()
             return
         if self._send_waiters is None:
             self._send_waiters = []
         self._send_waiters.append(fut)
+        self._check_send_limit()
+
+    def _check_send_limit(self) -> None:
         transport = self.transport
         if transport is not None and transport.get_write_buffer_size() > self._send_limit:
             log.warning("WebSocket from %s: %d bytes unsent (the client does not read and the app "
