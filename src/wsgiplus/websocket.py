@@ -170,7 +170,7 @@ class WebSocket:
         return fut
 
     def close(self, code: int = NORMAL, reason: str = "") -> Future[None]:
-        if not (code == NORMAL or 3000 <= code <= 4999 or 1000 < code < 1015):
+        if not (1000 <= code <= 1003 or 1007 <= code <= 1014 or 3000 <= code <= 4999):
             raise ValueError(f"close code {code} may not be sent")
         fut: Future[None] = Future()
         self._post(fut, "_close", code, reason, fut)
