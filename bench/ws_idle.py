@@ -62,7 +62,7 @@ def start_server(kind: str, threads: int, tmp: Path) -> tuple[subprocess.Popen[s
         (tmp / "asgi_echo.py").write_text(ASGI_ECHO)
         env["PYTHONPATH"] += os.pathsep + str(tmp)
         cmd = [sys.executable, "-m", "uvicorn", "asgi_echo:app", "--host", "127.0.0.1", "--port", "0",
-               "--ws", "websockets", "--no-access-log", "--backlog", "4096", "--ws-ping-interval", "0",
+               "--ws", "websockets", "--no-access-log", "--backlog", "4096", "--ws-ping-interval", "3600",
                "--ws-per-message-deflate", "false"]
         pattern = r"running on http://127\.0\.0\.1:(\d+)"
     else:
