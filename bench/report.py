@@ -271,6 +271,28 @@ def write(results: dict[str, Any], out: Path) -> None:
         names = list(data)
         _bar(out / "slow.png", "slow clients: normal clients' requests/s with 200 byte-by-byte senders", "req/s",
              names, [_vals(data[n], "rps") for n in names], labels)
+    if "h2" in sc and "hello" in sc["h2"]["data"]:
+        h2 = sc["h2"]["data"]
+        lines += ["## HTTP/2: 10 connections x 100 concurrent streams (h2load, h2c prior knowledge)", "",
+                  meta("h2"), "",
+                  "**hello** is the 13-byte response; **upstream** the fan-in (one loopback HTTP call of 100 ms "
+                  "per request, so 1,000 streams in flight allow at most 10,000 req/s). Peers that serve WSGI "
+                  "over HTTP/2: hypercorn (its executor threads) and granian.", ""]
+        for part in ("hello", "upstream"):
+            data = h2.get(part)
+            if not data:
+                continue
+            base_runs = data.get(BASELINE, [])
+            rows = []
+            for name, runs in data.items():
+                r = paired(base_runs, runs, "rps")
+                rows.append([labels.get(name, name), span(runs, "rps"), _f(med(runs, "mean_ms"), "{:.1f}"),
+                             _f(med(runs, "max_ms"), "{:.1f}"), _f(med(runs, "errors")),
+                             _f(med(runs, "cpu_us_per_req")), _f(med(runs, "rss_kb"), "{:.1f}", 1 / 1024),
+                             "-" if name == BASELINE or r is None else f"{r:.2f}x"])
+            lines += [f"### h2 {part}", ""]
+            lines += _table(["server", "req/s median (min-max)", "mean ms", "max ms", "errors", "CPU us/req",
+                             "peak RSS MB", "WSGI+ / this"], rows) + [""]
     targets: list[str] = []
     if checks:
         targets = _table(["target", "measured (same run)", "status"], [c.strip("| ").split(" | ") for c in checks])
@@ -326,6 +348,18 @@ def _update_summary(doc: Path, results: dict[str, Any], labels: dict[str, str], 
             + ", ".join(f"`{c}`" for c in cmds) + ". Medians of 3 runs (1 for idle); full tables with "
             "ranges, latencies, CPU and memory: [benchmarks/results.md](benchmarks/results.md).", ""]
     body += _table(["scenario"] + [labels.get(n, n) for n in PEERS], rows)
+    h2 = sc.get("h2", {}).get("data", {})
+    if "hello" in h2:
+        names = list(h2["hello"])
+        h2_rows = []
+        for part, title in (("hello", "h2 hello"), ("upstream", "h2 upstream fan-in (limit 10,000)")):
+            data = h2.get(part, {})
+            h2_rows.append([f"{title}, req/s"] + [_f(med(data.get(n, []), "rps")) if n in data else "-" for n in names])
+            h2_rows.append([f"{title}, CPU us/req"] + [_f(med(data.get(n, []), "cpu_us_per_req")) if n in data else "-"
+                                                        for n in names])
+        body += ["", "HTTP/2 (h2load, 10 connections x 100 streams, h2c; "
+                 f"{sc['h2']['meta']['date']}):", ""]
+        body += _table(["scenario"] + [labels.get(n, n) for n in names], h2_rows)
     body += ["", "![hello](benchmarks/hello.png)", "![upstream](benchmarks/upstream.png)",
              "![idle](benchmarks/idle.png)", ""]
     if targets:

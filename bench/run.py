@@ -38,7 +38,7 @@ PY = sys.executable
 SERVER_CPU = "0"
 LOAD_CPU = "1"
 HZ = os.sysconf("SC_CLK_TCK")
-ALL_SCENARIOS = ["hello", "upstream", "idle", "stream", "sse", "slow"]
+ALL_SCENARIOS = ["hello", "upstream", "idle", "stream", "sse", "slow", "h2"]
 
 
 # -- servers ---------------------------------------------------------------------
@@ -96,6 +96,21 @@ SERVERS = [
     ServerKind("granian-8", "granian wsgi 8 blocking threads", _granian("--blocking-threads", "8")),
 ]
 BASELINE = "wsgiplus"
+
+
+def _hypercorn(app: str, port: int) -> list[str]:
+    # hypercorn serves a WSGI callable directly (threads from its executor), h2c by prior knowledge
+    return [str(BIN / "hypercorn"), "--bind", f"127.0.0.1:{port}", "--workers", "1", "--log-level", "warning",
+            "--backlog", "2048", f"bench.apps:{app}"]
+
+
+# the HTTP/2 scenario's servers: the WSGI servers that speak h2c by prior knowledge
+H2_SERVERS = [
+    ServerKind("wsgiplus", "WSGI+ (8 threads)", _wsgiplus, plus=True),
+    ServerKind("hypercorn", "hypercorn (WSGI)", _hypercorn),
+    ServerKind("granian", "granian wsgi (default)", _granian()),
+    ServerKind("granian-8", "granian wsgi 8 blocking threads", _granian("--blocking-threads", "8")),
+]
 
 
 # -- /proc: CPU and memory of a server's process tree --------------------------------
@@ -220,6 +235,20 @@ def run_load(argv: list[str], timeout: float) -> dict[str, Any]:
     return {"error": "no result", "output": out[-500:]}
 
 
+def settle_upstream(port: int, wait: float = 8.0) -> None:
+    """Wait (up to ``wait`` s) until the warm-up's queued upstream requests have drained."""
+    deadline, zeros = time.monotonic() + wait, 0
+    while time.monotonic() < deadline and zeros < 3:
+        try:
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
+            conn.request("GET", "/stats")
+            zeros = zeros + 1 if conn.getresponse().read() == b"0" else 0
+            conn.close()
+        except OSError:
+            zeros = 0
+        time.sleep(0.2)
+
+
 _port = 21000
 
 
@@ -246,6 +275,7 @@ class Bench:
     results: dict[str, Any] = field(default_factory=dict)
     nginx: str | None = None
     src: Path | None = None  # a snapshot's src/ to serve WSGI+ from, instead of the work tree
+    h2_servers: list[ServerKind] = field(default_factory=lambda: list(H2_SERVERS))
 
     @property
     def reps(self) -> int:
@@ -332,32 +362,27 @@ class Bench:
             self.results["hello"]["nginx"] = self.nginx_runs(
                 lambda port: self.wrk_path(port, "/hello", 50, self.duration))
 
-    def upstream(self) -> None:
+    def start_upstream(self) -> tuple[subprocess.Popen, int]:
+        """The loopback upstream (100 ms per answer) of the fan-in scenarios."""
         port = next_port()
         up = subprocess.Popen([PY, "-m", "bench.upstream", str(port), "0.1"], cwd=ROOT, env=self.env(),
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", port), 1).close()
+                break
+            except OSError:
+                time.sleep(0.1)
+        return up, port
+
+    def upstream(self) -> None:
+        up, port = self.start_upstream()
         try:
-            deadline = time.monotonic() + 10
-            while time.monotonic() < deadline:
-                try:
-                    socket.create_connection(("127.0.0.1", port), 1).close()
-                    break
-                except OSError:
-                    time.sleep(0.1)
             env = self.env(BENCH_UPSTREAM=f"127.0.0.1:{port}")
 
             def settle() -> None:
-                """Wait (up to 8 s) until the warm-up's queued requests have drained."""
-                deadline, zeros = time.monotonic() + 8, 0
-                while time.monotonic() < deadline and zeros < 3:
-                    try:
-                        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
-                        conn.request("GET", "/stats")
-                        zeros = zeros + 1 if conn.getresponse().read() == b"0" else 0
-                        conn.close()
-                    except OSError:
-                        zeros = 0
-                    time.sleep(0.2)
+                settle_upstream(port)
 
             # a warm-up lets servers that start threads and upstream connections on
             # demand (granian: up to 512) reach their steady state
@@ -365,6 +390,66 @@ class Bench:
         finally:
             os.killpg(up.pid, signal.SIGKILL)
             up.wait()
+
+    # -- HTTP/2: h2load, h2c by prior knowledge --------------------------------------------
+
+    def h2load(self, port: int, connections: int, streams: int, duration: float) -> dict[str, Any]:
+        argv = ["h2load", "-c", str(connections), "-m", str(streams), "-t", "1", "-D", str(duration),
+                f"http://127.0.0.1:{port}/"]
+        try:
+            out = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=duration + 60).stdout
+        except subprocess.TimeoutExpired as exc:
+            out = exc.stdout.decode() if isinstance(exc.stdout, bytes) else (exc.stdout or "")
+        return parse_h2load(out)
+
+    def h2_runs(self, app: str, env: dict[str, str], connections: int, streams: int,
+                settle: Callable[[], None] | None = None) -> dict[str, list[dict[str, Any]]]:
+        servers = self.h2_servers
+        runs: dict[str, list[dict[str, Any]]] = {k.name: [] for k in servers}
+        for rep in range(self.reps):
+            for kind in servers:
+                started = self.start(kind, app, env)
+                if started is None:
+                    runs[kind.name].append({"error": "did not start"})
+                    continue
+                srv, port = started
+                try:
+                    self.h2load(port, connections, streams, 1)  # warm-up
+                    if settle:
+                        settle()
+                    cpu0 = cpu_seconds(srv.pid)
+                    res = self.h2load(port, connections, streams, self.duration)
+                    res["cpu_s"] = cpu_seconds(srv.pid) - cpu0
+                    res["rss_kb"] = memory_kb(srv.pid)
+                finally:
+                    srv.stop()
+                if "rps" in res:
+                    if res["requests"]:  # none done in time: no per-request figure
+                        res["cpu_us_per_req"] = res["cpu_s"] * 1e6 / res["requests"]
+                    print(f"  [h2 {app} {rep + 1}/{self.reps}] {kind.name:18s} {res['rps']:9.0f} req/s "
+                          f"mean {res.get('mean_ms', 0):7.1f} ms err {res['errors']:5d} "
+                          f"cpu {res.get('cpu_us_per_req', 0):6.0f} us/req rss {res['rss_kb'] / 1024:6.1f} MB",
+                          flush=True)
+                else:
+                    print(f"  [h2 {app}] {kind.name}: {res}", flush=True)
+                runs[kind.name].append(res)
+        return runs
+
+    def h2(self) -> None:
+        """HTTP/2: 10 connections x 100 concurrent streams (h2load), hello and the upstream fan-in."""
+        if shutil.which("h2load") is None:
+            print("  h2load not installed (Debian nghttp2-client): skipped", flush=True)
+            self.results["h2"] = {"skipped": "h2load not installed"}
+            return
+        out = {"hello": self.h2_runs("hello", self.env(), 10, 100)}
+        up, port = self.start_upstream()
+        try:
+            out["upstream"] = self.h2_runs("upstream_block", self.env(BENCH_UPSTREAM=f"127.0.0.1:{port}"), 10, 100,
+                                           settle=lambda: settle_upstream(port, 20))
+        finally:
+            os.killpg(up.pid, signal.SIGKILL)
+            up.wait()
+        self.results["h2"] = out
 
     def slow(self) -> None:
         dur = self.duration
@@ -572,6 +657,30 @@ http {{
         return res
 
 
+def _ms(value: str, unit: str) -> float:
+    return float(value) * {"us": 1e-3, "ms": 1.0, "s": 1e3}[unit]
+
+
+def parse_h2load(out: str) -> dict[str, Any]:
+    """h2load's summary: req/s, requests, errors (failed, errored, timed out, non-2xx), latencies."""
+    done = re.search(r"finished in ([\d.]+)s, ([\d.]+) req/s", out)
+    reqs = re.search(r"requests: (\d+) total, (\d+) started, (\d+) done, (\d+) succeeded, (\d+) failed, "
+                     r"(\d+) errored, (\d+) timeout", out)
+    codes = re.search(r"status codes: (\d+) 2xx, (\d+) 3xx, (\d+) 4xx, (\d+) 5xx", out)
+    times = re.search(r"time for request:\s+([\d.]+)(us|ms|s)\s+([\d.]+)(us|ms|s)\s+([\d.]+)(us|ms|s)", out)
+    if not (done and reqs and codes):
+        return {"error": "no result", "output": out[-500:]}
+    res: dict[str, Any] = {"rps": float(done.group(2)), "seconds": float(done.group(1)),
+                           "requests": int(reqs.group(3))}
+    res["errors"] = int(reqs.group(5)) + int(reqs.group(6)) + int(reqs.group(7)) + \
+        int(codes.group(2)) + int(codes.group(3)) + int(codes.group(4))
+    if times and res["requests"]:
+        res["min_ms"] = _ms(times.group(1), times.group(2))
+        res["max_ms"] = _ms(times.group(3), times.group(4))
+        res["mean_ms"] = _ms(times.group(5), times.group(6))
+    return res
+
+
 def machine() -> str:
     model = "?"
     try:
@@ -596,7 +705,8 @@ def versions() -> dict[str, str]:
     from importlib.metadata import PackageNotFoundError, version
 
     out = {}
-    for pkg in ("wsgiplus", "gunicorn", "gevent", "waitress", "uvicorn", "a2wsgi", "granian", "uvloop", "httptools"):
+    for pkg in ("wsgiplus", "gunicorn", "gevent", "waitress", "uvicorn", "a2wsgi", "granian", "hypercorn", "h2",
+                "uvloop", "httptools"):
         try:
             out[pkg] = version(pkg)
         except PackageNotFoundError:
@@ -604,6 +714,11 @@ def versions() -> dict[str, str]:
     try:
         wrk = subprocess.run(["wrk", "-v"], capture_output=True, text=True).stdout.split("\n")[0]
         out["wrk"] = re.sub(r"\s+\[.*", "", wrk).replace("wrk ", "")
+    except OSError:
+        pass
+    try:
+        h2load = subprocess.run(["h2load", "--version"], capture_output=True, text=True).stdout.split("\n")[0]
+        out["h2load"] = h2load.replace("h2load ", "")
     except OSError:
         pass
     return out
@@ -654,6 +769,8 @@ def main(argv: list[str] | None = None) -> None:
         pass
     nginx = shutil.which("nginx") or ("/usr/sbin/nginx" if os.path.exists("/usr/sbin/nginx") else None)
     bench = Bench(quick=args.quick, out=out, servers=servers, logdir=logdir, nginx=nginx)
+    if args.servers:
+        bench.h2_servers = [s for s in H2_SERVERS if s.name in set(args.servers.split(","))]
     revision = git_revision(args.ref or "HEAD") + ("" if args.ref else "+work tree")
     if args.ref:
         bench.src = snapshot(args.ref, logdir)
@@ -674,7 +791,7 @@ def main(argv: list[str] | None = None) -> None:
         meta["wsgiplus_revision"] = revision
         previous["machine"] = machine()
         previous["versions"] = versions()
-        previous["labels"] = {s.name: s.label for s in SERVERS} | {"nginx": "nginx (reference)"}
+        previous["labels"] = {s.name: s.label for s in SERVERS + H2_SERVERS} | {"nginx": "nginx (reference)"}
         raw_path.write_text(json.dumps(previous, indent=1))
     from bench import report
 

@@ -50,11 +50,20 @@ def test_200mb_to_a_slow_reader_keeps_rss_bounded_and_frees_the_thread(serve: An
     try:
         sock.sendall(b"GET / HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
         # Not reading: the server must stop pulling from the app and give the thread back.
-        assert wait_for(lambda: server.server.pool.busy() == 0 and produced[0] > 0, timeout=10)
-        stalled_at = produced[0]
+        # An idle pool alone is not a stall: between two steps the kernel's socket buffers may
+        # still be taking bytes (then the write buffer drains and the app is asked for more;
+        # seen on a loaded machine: 2.8 MiB, then 4 MiB). Stalled = no thread and no progress
+        # across two looks; what must hold after that is the bound, whatever the kernel took.
+        def stalled() -> bool:
+            before = produced[0]
+            if before == 0 or server.server.pool.busy():
+                return False
+            time.sleep(0.05)
+            return produced[0] == before and server.server.pool.busy() == 0
+
+        assert wait_for(stalled, timeout=20)
         time.sleep(0.3)
-        assert produced[0] == stalled_at, "the app kept producing for a client that reads nothing"
-        assert stalled_at < 16 * 1024 * 1024
+        assert produced[0] < 16 * 1024 * 1024, "the app kept producing for a client that reads nothing"
         assert server.server.pool.busy() == 0  # paused on the write buffer, no thread held
         received = 0
         deadline = time.monotonic() + 60

@@ -166,12 +166,22 @@ def unix_get(path: Path) -> bytes:
     return data
 
 
+def _accepts(path: Path) -> bool:
+    with socket.socket(socket.AF_UNIX) as sock:
+        try:
+            sock.connect(str(path))
+        except OSError:  # not there yet (FileNotFoundError), or bound but not listening
+            return False
+    return True
+
+
 def test_log_level_warning_keeps_info_lines_out(spawn, tmp_path: Path) -> None:  # noqa: F811
     from conftest import wait_for
 
     path = tmp_path / "s.sock"
     proc = spawn(["-m", "wsgiplus", "--uds", str(path), "--workers", "2", "--log-level", "warning"], tmp_path)
-    assert wait_for(path.exists, timeout=20)
+    # the file appears at bind(), a moment before listen(): wait until it accepts connections
+    assert wait_for(lambda: _accepts(path), timeout=20)
     assert unix_get(path).startswith(b"HTTP/1.1 200 ")
     proc.wait_for(r'"GET / HTTP/1\.1" 200')  # the access log is not an info line of the error log
     proc.send(signal.SIGTERM)

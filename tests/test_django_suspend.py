@@ -166,3 +166,13 @@ def test_a_request_that_leaves_while_queued_for_the_writer_turn_gives_it_up(
     assert ok.status_code == 200
     assert django_server.rows("h2") == {} and django_server.rows("q2-after") == {"q2-after": [1, 2]}
     assert "q2" not in django_server.rows("q2")  # it never got to write
+
+
+def test_async_views_hold_a_thread_under_djangos_wsgi_handler(django_server: DjangoServer) -> None:
+    """Why Django async views do not suspend (docs/writing-apps.md): the WSGI handler runs them
+    with ``async_to_sync``, which blocks the pool thread for the whole view. Three views wait
+    (bounded) for all three to be awaiting at once: on 2 threads that never happens."""
+    urls = [f"{django_server.url}/async-wait/a{i}?batch=hold&expect=3&bound=2" for i in range(3)]
+    responses = get_all(urls)
+    assert [r.status_code for r in responses] == [200] * 3
+    assert max(r.json()["most_awaiting_at_once"] for r in responses) <= 2

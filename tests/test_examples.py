@@ -261,9 +261,17 @@ def test_flask_example() -> None:
         async def main() -> list[Any]:
             hellos = [request(port, "GET", f"/hello/u{i}?ms=50") for i in range(40)]
             squares = [request(port, "GET", f"/square/{i}") for i in range(10)]
-            return await asyncio.gather(*hellos, *squares)
+            temps = [request(port, "GET", f"/temp/{c}?ms=50") for c in ["paris", "oslo", "atlantis"] * 10]
+            return await asyncio.gather(*hellos, *squares, *temps)
 
         results = asyncio.run(main())
+    for (status, headers, body), city in zip(results[50:], ["paris", "oslo", "atlantis"] * 10, strict=True):
+        if city == "atlantis":
+            assert status == 404
+        else:
+            assert status == 200 and json.loads(body)["city"] == city
+            assert headers["cache-control"] == "max-age=60"
+    results = results[:50]
     for i, (status, _, body) in enumerate(results[:40]):
         data = json.loads(body)
         assert status == 200 and data["hello"] == f"u{i}" and data["path"] == f"/hello/u{i}"

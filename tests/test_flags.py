@@ -33,6 +33,11 @@ def test_gunicorn_and_uvicorn_spellings(tmp_path: Path, monkeypatch: pytest.Monk
     assert (config.graceful_timeout, config.access_log_format, config.error_logfile, config.max_requests) == \
         (3.0, "common", "err.log", 9)
     assert parse("--keepalive", "8").config.keepalive_timeout == 8.0
+    assert parse("--http-protocols", "h1").config.http2 is False
+    config = parse("--http-protocols", "h2,h1", "--http2-max-concurrent-streams", "250",
+                   "--http2-initial-window-size", "1048576", "--http2-max-header-list-size", "32768").config
+    assert (config.http2, config.h2_max_concurrent_streams, config.h2_initial_window_size,
+            config.h2_max_header_list_size) == (True, 250, 1048576, 32768)
     assert parse("--timeout-keep-alive", "9").config.keepalive_timeout == 9.0
     assert parse("--limit-request-field-size", "100").config.max_header_size == 100
     assert parse("--host", "::1", "--port", "9000").config.bind == ["[::1]:9000"]
@@ -177,6 +182,9 @@ def test_gunicorn_accesslog_none_turns_the_access_log_off(tmp_path: Path) -> Non
                                  "worker_class": "wsgiplus.gunicorn.Worker", "daemon": True})
     assert values == {"access_log": False, "error_logfile": None, "max_request_line": UNLIMITED}
     assert ignored == ["daemon"]
+    values, _ = translate({"http_protocols": ["h1"], "http2_max_concurrent_streams": 50})
+    assert values == {"http2": False, "h2_max_concurrent_streams": 50}
+    assert translate({"http_protocols": "h2, h1"})[0] == {"http2": True}
 
 
 def test_the_migration_page_tells_the_truth_about_flags() -> None:

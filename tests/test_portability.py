@@ -157,6 +157,9 @@ def test_flask_and_django_examples_on_threaded_servers(kind: str, tmp_path: Path
         status, _, body = asyncio.run(request(port, "GET", "/hello/ann?ms=10"))
         assert status == 200 and json.loads(body)["hello"] == "ann"
         assert asyncio.run(request(port, "GET", "/square/7"))[2] == b"7^2 = 49\n"
+        status, _, body = asyncio.run(request(port, "GET", "/temp/oslo?ms=10"))  # async def view
+        assert status == 200 and json.loads(body) == {"city": "oslo", "celsius": -3}
+        assert asyncio.run(request(port, "GET", "/temp/atlantis?ms=10"))[0] == 404
     env = {"DJANGO_EXAMPLE_DB": str(tmp_path / "orders.sqlite3")}
     with server(kind, "examples.django_app:application", env) as port:
         async def orders() -> list[tuple[int, dict[str, str], bytes]]:

@@ -191,6 +191,23 @@ def build_parser() -> argparse.ArgumentParser:
         help="comma-separated addresses/CIDRs (or '*') whose proxy headers are believed; "
              "env FORWARDED_ALLOW_IPS")
 
+    g = group = p.add_argument_group("HTTP/2")
+    opt("--http2", field="http2", action=argparse.BooleanOptionalAction,
+        help="serve HTTP/2: h2c by prior knowledge or Upgrade on plain listeners, ALPN h2 with TLS")
+    opt("--h2-max-concurrent-streams", field="h2_max_concurrent_streams",
+        help="streams per connection (those still being answered after a client reset included)")
+    opt("--h2-max-header-list-size", field="h2_max_header_list_size",
+        help="decoded request head; larger ends the connection (HPACK bomb, CONTINUATION flood)")
+    opt("--h2-header-table-size", field="h2_header_table_size", help="HPACK dynamic table")
+    opt("--h2-initial-window-size", field="h2_initial_window_size", help="per-stream window for request bodies")
+    opt("--h2-connection-window-size", field="h2_connection_window_size",
+        help="per-connection window for request bodies")
+    opt("--h2-idle-timeout", field="h2_idle_timeout", help="no stream open: GOAWAY and close (0: off)")
+    opt("--h2-ping-timeout", field="h2_ping_timeout",
+        help="streams open and the client silent: PING, close if unanswered this long (0: off)")
+    opt("--h2-window-timeout", field="h2_window_timeout",
+        help="a response stuck on a zero flow-control window is reset after this (0: off)")
+
     g = group = p.add_argument_group("metrics and health")
     opt("--metrics-bind", field="metrics_bind",
         help="HOST:PORT or unix:PATH of a separate listener for Prometheus /metrics, /healthz and "
@@ -268,11 +285,22 @@ def _spellings(p: argparse.ArgumentParser) -> None:
     _alias(g, "--ssl-keyfile-password", field="keyfile_password")
     _alias(g, "--access-logformat", field="access_log_format")
     _alias(g, "--log-file", field="error_logfile")
+    _alias(g, "--http2-max-concurrent-streams", field="h2_max_concurrent_streams")
+    _alias(g, "--http2-initial-window-size", field="h2_initial_window_size")
+    _alias(g, "--http2-max-header-list-size", field="h2_max_header_list_size")
+    g.add_argument("--http-protocols", dest="http2", type=_http_protocols, metavar="LIST",
+                   help="gunicorn's h2,h1 / h1: = --http2 / --no-http2")
     for flags, why in REFUSED:
         g.add_argument(*flags, action=_Refuse, nargs="?", why=why, help=argparse.SUPPRESS)
     g.add_argument("--timeout", dest="gunicorn_timeout", metavar="SECONDS",
                    help="gunicorn's worker timeout: ignored, with a warning (a slow or suspended request "
                         "never gets a worker killed; see --request-timeout and --blocking-warn)")
+
+
+def _http_protocols(text: str) -> bool:
+    from .gunicornconf import http2_wanted
+
+    return http2_wanted(text)
 
 
 def _remaining_fields(p: argparse.ArgumentParser) -> None:

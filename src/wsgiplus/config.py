@@ -63,6 +63,16 @@ class Config:
     ws_timeout: float | None = None  # a socket's whole life (1001 after it)
     ws_per_message_deflate: bool = True  # accept permessage-deflate when the client offers it
     blocking_warn: float | None = 30.0  # warn, with the stack, when one app step runs this long
+    # HTTP/2 (h2c by prior knowledge or Upgrade on plain listeners, ALPN h2 with TLS)
+    http2: bool = True
+    h2_max_concurrent_streams: int = 100  # per connection, streams still being answered included
+    h2_max_header_list_size: int = 64 * 1024  # decoded request head; larger: connection error
+    h2_header_table_size: int = 4096  # HPACK dynamic table
+    h2_initial_window_size: int = 256 * 1024  # per stream, for request bodies
+    h2_connection_window_size: int = 1024 * 1024  # per connection, for request bodies
+    h2_idle_timeout: float | None = 60.0  # no stream open: GOAWAY and close
+    h2_ping_timeout: float | None = 20.0  # streams open and the client silent: PING, close if unanswered
+    h2_window_timeout: float | None = 30.0  # response stuck on a zero flow-control window: stream reset
     # identity, TLS, proxies
     server_header: bool = True
     url_scheme: str = "http"
@@ -109,6 +119,25 @@ class Config:
             max_body_size=self.max_body_size,
         )
 
+    @property
+    def h2_limits(self) -> Any:
+        """The HTTP/2 protocol's limits (``protocols.h2.H2Limits``)."""
+        from .protocols.h2 import H2Limits
+
+        return H2Limits(
+            max_concurrent_streams=self.h2_max_concurrent_streams,
+            max_header_list_size=self.h2_max_header_list_size,
+            header_table_size=self.h2_header_table_size,
+            initial_window_size=self.h2_initial_window_size,
+            connection_window_size=self.h2_connection_window_size,
+            max_body_size=self.max_body_size,
+            idle_timeout=self.h2_idle_timeout,
+            ping_timeout=self.h2_ping_timeout,
+            window_timeout=self.h2_window_timeout,
+            body_timeout=self.body_timeout or None,
+            body_min_rate=self.body_min_rate,
+        )
+
     def replace(self, **changes: Any) -> Config:
         return dataclasses.replace(self, **changes)
 
@@ -142,6 +171,15 @@ class Config:
             raise ValueError(f"log_level must be critical, error, warning, info or debug, not {self.log_level!r}")
         if self.url_scheme not in ("http", "https"):
             raise ValueError(f"url_scheme must be http or https, not {self.url_scheme!r}")
+        if self.h2_max_concurrent_streams < 1:
+            raise ValueError("h2_max_concurrent_streams must be at least 1")
+        if self.h2_max_header_list_size < 1024:
+            raise ValueError("h2_max_header_list_size must be at least 1024")
+        if self.h2_header_table_size < 0:
+            raise ValueError("h2_header_table_size must not be negative")
+        for name in ("h2_initial_window_size", "h2_connection_window_size"):
+            if not 1024 <= getattr(self, name) <= 2**31 - 1:
+                raise ValueError(f"{name} must be between 1024 and 2**31-1")
         if self.forwarded_headers not in ("x-forwarded", "forwarded"):
             raise ValueError(f"forwarded_headers must be x-forwarded or forwarded, not {self.forwarded_headers!r}")
         for name in ("max_buffered_size", "body_min_rate"):

@@ -17,7 +17,8 @@ graceful_timeout, max_requests (+ jitter), limit_request_line/fields/
 field_size (0 = unlimited), worker_connections (max open connections),
 forwarded_allow_ips (proxy headers of the forwarded_headers family are believed from these),
 certfile/keyfile, accesslog/access_log_format (lines go through gunicorn's
-own logger), loglevel/errorlog. WSGI+-only settings (max_suspended,
+own logger), loglevel/errorlog, http_protocols (HTTP/2 when it names h2) and
+http2_max_concurrent_streams/initial_window_size/max_header_list_size. WSGI+-only settings (max_suspended,
 suspend_timeout, header_timeout, ...) come from the TOML file named by the
 ``WSGIPLUS_CONFIG`` environment variable, if set.
 """
@@ -37,6 +38,7 @@ from typing import Any
 from gunicorn.workers import base
 
 from .config import Config
+from .gunicornconf import http2_wanted
 from .server import new_event_loop
 from .supervisor import WorkerServer
 
@@ -157,6 +159,14 @@ class Worker(base.Worker):
             chdir=None,
             log_config=None,
         )
+        protocols = getattr(cfg, "http_protocols", None)
+        if protocols:  # gunicorn >= 25 says whether HTTP/2 is wanted (its default, h1: no)
+            values.update(
+                http2=http2_wanted(protocols),
+                h2_max_concurrent_streams=cfg.http2_max_concurrent_streams,
+                h2_initial_window_size=max(1024, cfg.http2_initial_window_size),
+                h2_max_header_list_size=max(1024, cfg.http2_max_header_list_size),
+            )
         return Config(**values).validate()
 
     def _route_logs(self) -> None:

@@ -36,6 +36,12 @@ def _errorlog(value: Any) -> Any:
     return None if value in ("-", None) else value
 
 
+def http2_wanted(value: Any) -> bool:
+    """gunicorn's ``http_protocols`` (``"h2,h1"`` or a list): does it name HTTP/2?"""
+    items = value.split(",") if isinstance(value, str) else list(value or [])
+    return "h2" in [str(item).strip().lower() for item in items]
+
+
 # gunicorn setting -> (Config field, converter)
 MAPPED: dict[str, tuple[str, Callable[[Any], Any]]] = {
     "wsgi_app": ("app", _same),
@@ -66,6 +72,10 @@ MAPPED: dict[str, tuple[str, Callable[[Any], Any]]] = {
     "raw_env": ("env", lambda v: [v] if isinstance(v, str) else list(v)),
     "preload_app": ("preload", _same),
     "root_path": ("root_path", _same),
+    "http_protocols": ("http2", http2_wanted),
+    "http2_max_concurrent_streams": ("h2_max_concurrent_streams", _same),
+    "http2_initial_window_size": ("h2_initial_window_size", _same),
+    "http2_max_header_list_size": ("h2_max_header_list_size", _same),
 }
 
 # gunicorn's settings, for telling a setting WSGI+ ignores from a helper variable of the file

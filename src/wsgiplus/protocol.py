@@ -6,11 +6,19 @@ Parsing is done by ``httptools`` (llhttp, the parser of Node.js), which already
 refuses most request-smuggling shapes (CL+TE, duplicate Content-Length, bad
 chunk sizes, bare LF, obs-fold, invalid tokens); this module adds the rules
 llhttp leaves to the server (Host, HTTP/1.0 + Transfer-Encoding, limits).
+
+The parser also frames every message itself and hands llhttp exactly one
+head, one Content-Length body or one chunked body at a time: a chunked body is
+decoded here (RFC 9112 7.1: size line and chunk extensions validated, then
+dropped: a size line with extensions reaches llhttp as ``HEX CRLF``, the rest
+as it is), so llhttp and WSGI+ cannot disagree on where a message ends (both
+views are compared after each piece).
 """
 
 from __future__ import annotations
 
 import logging
+import re
 import threading
 import time
 from dataclasses import dataclass
@@ -188,6 +196,27 @@ END_OF_MESSAGE = EndOfMessage()
 Event = Request | Data | EndOfMessage
 
 
+# chunk-size [ chunk-ext ] CRLF, with
+# chunk-ext = *( BWS ";" BWS chunk-ext-name [ BWS "=" BWS chunk-ext-val ] )  (RFC 9112 7.1.1)
+_TOKEN = rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+"
+_QUOTED = rb'"(?:[\t \x21\x23-\x5b\x5d-\x7e\x80-\xff]|\\[\t \x20-\x7e\x80-\xff])*"'
+_CHUNK_LINE = re.compile(
+    rb"([0-9A-Fa-f]+)(?:[ \t]*;[ \t]*" + _TOKEN + rb"(?:[ \t]*=[ \t]*(?:" + _TOKEN + rb"|" + _QUOTED + rb"))?)*\r\n"
+)
+_HEXDIGITS = b"0123456789abcdefABCDEF"
+_MAX_CHUNK_LINE = 4096  # a size line with its extensions, CRLF included
+# a run of OWS holding an HTAB just before a CR: trailing OWS, made SP for llhttp
+# (which refuses "Transfer-Encoding: chunked<HTAB>"); same length, so no offset moves
+_TRAILING_TAB = re.compile(rb"[ \t]*\t[ \t]*(?=\r)")
+
+# how the parser frames what it feeds llhttp
+_HEAD, _LENGTH, _CHUNK_SIZE, _CHUNK_DATA, _CHUNK_CRLF, _TRAILERS = range(6)
+
+
+def _spaces(match: re.Match) -> bytes:
+    return b" " * (match.end() - match.start())
+
+
 # lengths of the field names the parser itself must look at:
 # host, expect, upgrade, content-length, transfer-encoding
 _SPECIAL_LENGTHS = frozenset({4, 6, 7, 14, 17})
@@ -221,6 +250,17 @@ class RequestParser:
         self._body_bytes = 0
         self.finished = False  # error or upgrade: no more HTTP on this connection
         self.upgraded_data: bytes | None = None
+        # framing (see _route)
+        self._mode = _HEAD
+        self._tail = b""  # the last bytes (up to 3) of the head or trailer section fed
+        self._held = b""  # trailing OWS with an HTAB at the end of a feed, in a head
+        self._headers_done = False
+        self._head_request: Request | None = None
+        self._remaining = 0  # of the Content-Length body, or of the chunk
+        self._expected = 0  # chunked: data bytes of this message fed to llhttp
+        self._line = b""  # chunked: a partial size line
+        self._crlf = 0  # chunked: bytes of the CRLF after the data seen
+        self._trailer_bytes = 0
 
     @property
     def reusable(self) -> bool:
@@ -239,24 +279,26 @@ class RequestParser:
         self._data = data
         if self._window is None:
             self._search_from = 0
+        held = self._held
+        if held:
+            self._held = b""
         try:
-            self._parser.feed_data(data)
-        except httptools.HttpParserUpgrade as exc:
-            self._data = b""
-            self.finished = True
-            self.upgraded_data = bytes(data[exc.args[0] :])
-            return events
+            self._route(held + data if held else data)
         except httptools.HttpParserCallbackError as exc:
             cause = exc.__context__
             if not isinstance(cause, ProtocolError):
                 raise  # a bug of ours, not the peer's
             error = cause
+        except ProtocolError as exc:
+            error = exc
         except httptools.HttpParserInvalidMethodError as exc:
             error = ProtocolError(400, f"invalid method: {exc}")
         except httptools.HttpParserError as exc:
             error = ProtocolError(400, str(exc) or "malformed request")
         else:
             self._data = b""  # the parser keeps no reference to what it was fed
+            if self.upgraded_data is not None:
+                return events
             if not self._in_head:
                 self._window = None
                 return events
@@ -280,6 +322,203 @@ class RequestParser:
         error.events = events
         raise error
 
+    def _route(self, buf: bytes) -> None:
+        """Feed llhttp ``buf`` one framed piece at a time (see the module's docstring).
+
+        A head ends at the first CRLF CRLF (llhttp refuses bare LF); a
+        Content-Length body is passed through; a chunked body is decoded here
+        and re-encoded without extensions. After each piece, llhttp's view
+        (headers complete, body bytes, message complete) must be ours.
+        """
+        parser = self._parser
+        pos = 0
+        end = len(buf)
+        mode = self._mode
+        view: memoryview | None = None  # body slices without copies, made when needed
+        out: list = []  # the chunked bytes for llhttp, fed once per buffer or message
+        while pos < end:
+            if mode == _HEAD:
+                tail = self._tail
+                cut = -1
+                if tail:
+                    i = (tail + buf[pos : pos + 3]).find(b"\r\n\r\n")
+                    if i >= 0:
+                        cut = pos + i + 4 - len(tail)
+                if cut < 0:
+                    i = buf.find(b"\r\n\r\n", pos)
+                    if i >= 0:
+                        cut = i + 4
+                if cut < 0:
+                    piece = buf[pos:] if pos else buf
+                    stripped = piece.rstrip(b" \t")
+                    if len(stripped) < len(piece) and b"\t" in piece[len(stripped) :] and (
+                        self._in_head or stripped.strip(b"\r\n")
+                    ):  # trailing OWS with an HTAB: what follows decides whether it ends a line
+                        self._held = piece[len(stripped) :]
+                        piece = stripped
+                    start, pos = pos, end
+                else:
+                    piece = buf[pos:cut]
+                    start, pos = pos, cut
+                if b"\t" in piece:
+                    piece = _TRAILING_TAB.sub(_spaces, piece)
+                try:
+                    parser.feed_data(piece)
+                except httptools.HttpParserUpgrade as exc:
+                    self.finished = True
+                    self.upgraded_data = bytes(buf[start + exc.args[0] :])
+                    self._held = b""
+                    return
+                self._tail = (tail + piece[-3:])[-3:]
+                if not self._headers_done:
+                    continue
+                self._headers_done = False
+                self._tail = b""
+                request = self._head_request
+                self._head_request = None
+                if cut < 0 or self._body_bytes:
+                    raise ProtocolError(400, "request framing disagreement (head)")
+                if not self._in_message:
+                    if request is not None and request.has_body:
+                        raise ProtocolError(400, "request framing disagreement (body)")
+                elif request is None or not request.has_body:
+                    raise ProtocolError(400, "request framing disagreement (no body)")
+                elif request.chunked:
+                    mode = _CHUNK_SIZE
+                    self._expected = 0
+                    self._line = b""
+                else:
+                    mode = _LENGTH
+                    self._remaining = request.content_length or 0
+            elif mode == _LENGTH:
+                if view is None:
+                    view = memoryview(buf)
+                n = min(self._remaining, end - pos)
+                parser.feed_data(view[pos : pos + n] if pos or n < end else buf)
+                pos += n
+                self._remaining -= n
+                if self._in_message != (self._remaining > 0):
+                    raise ProtocolError(400, "request framing disagreement (length)")
+                if not self._remaining:
+                    mode = _HEAD
+            else:  # a chunked body: checked here, passed on as it is but for extended size lines
+                if view is None:
+                    view = memoryview(buf)
+                pos, mode = self._chunked(buf, view, pos, mode, out)
+        self._mode = mode
+        if out:
+            self._flush(out, False)
+
+    def _chunked(self, buf: bytes, view: memoryview, pos: int, mode: int, out: list) -> tuple[int, int]:
+        """Decode chunked framing from ``pos``; return where it stopped (the message's end or
+        the buffer's) and the mode. The bytes go to ``out`` as they are, except a size line
+        with extensions, which becomes ``HEX CRLF``; at the message's end, llhttp is fed."""
+        end = len(buf)
+        seg = pos  # start of the bytes passed on as they are
+        while pos < end:
+            if mode == _CHUNK_DATA:
+                n = self._remaining
+                if n > end - pos:
+                    self._expected += end - pos
+                    self._remaining = n - (end - pos)
+                    pos = end
+                    break
+                pos += n
+                self._expected += n
+                self._remaining = 0
+                mode = _CHUNK_CRLF
+                self._crlf = 0
+            elif mode == _CHUNK_SIZE:
+                line = self._line
+                nl = buf.find(b"\n", pos, pos + _MAX_CHUNK_LINE - len(line))
+                if nl < 0:
+                    if len(line) + end - pos >= _MAX_CHUNK_LINE:
+                        raise ProtocolError(400, "chunk size line too long")
+                    self._line = line + buf[pos:]
+                    if seg < pos:
+                        out.append(view[seg:pos])
+                    return end, mode  # the partial line is held, not passed on yet
+                if line:  # a line cut by the previous feed: passed on rebuilt
+                    line += buf[pos : nl + 1]
+                    self._line = b""
+                    if seg < pos:
+                        out.append(view[seg:pos])
+                    seg = -1
+                else:
+                    line = buf[pos : nl + 1]
+                if line[-2:] == b"\r\n" and len(line) > 2 and not line[:-2].strip(_HEXDIGITS):
+                    digits = len(line) - 2  # the usual line: HEX CRLF
+                else:
+                    match = _CHUNK_LINE.fullmatch(line)
+                    if match is None:
+                        raise ProtocolError(400, "invalid chunk size line")
+                    digits = match.end(1)
+                size = int(line[:digits], 16)
+                if size > self.limits.max_body_size - self._expected:
+                    raise ProtocolError(413, "request body too large")
+                if seg < 0 or digits + 2 != len(line):  # cut, or with extensions: canonical
+                    if 0 <= seg < pos:
+                        out.append(view[seg:pos])
+                    out.append(b"%x\r\n" % size)
+                    seg = nl + 1
+                pos = nl + 1
+                if size and pos + size + 2 <= end:  # the whole chunk is here: no state to keep
+                    if not buf.startswith(b"\r\n", pos + size):
+                        raise ProtocolError(400, "chunk data not followed by CRLF")
+                    pos += size + 2
+                    self._expected += size
+                    continue
+                if size:
+                    mode = _CHUNK_DATA
+                    self._remaining = size
+                else:
+                    mode = _TRAILERS
+                    self._tail = b"\r\n"  # the last chunk's CRLF: CRLF CRLF ends the section
+                    self._trailer_bytes = 0
+            elif mode == _CHUNK_CRLF:
+                if not self._crlf and buf.startswith(b"\r\n", pos):
+                    pos += 2
+                else:
+                    if buf[pos] != (13 if not self._crlf else 10):
+                        raise ProtocolError(400, "chunk data not followed by CRLF")
+                    pos += 1
+                    self._crlf += 1
+                    if self._crlf < 2:
+                        continue
+                mode = _CHUNK_SIZE
+            else:  # _TRAILERS: passed as they are; llhttp parses them (on_header)
+                tail = self._tail
+                cut = -1
+                i = (tail + buf[pos : pos + 3]).find(b"\r\n\r\n")
+                if i >= 0:
+                    cut = pos + i + 4 - len(tail)
+                else:
+                    i = buf.find(b"\r\n\r\n", pos)
+                    if i >= 0:
+                        cut = i + 4
+                stop = end if cut < 0 else cut
+                self._trailer_bytes += stop - pos
+                if self._trailer_bytes > self.limits.max_head_bytes:
+                    raise ProtocolError(431, "trailer section too large")
+                self._tail = (tail + buf[max(pos, stop - 3) : stop])[-3:]
+                pos = stop
+                if cut >= 0:
+                    out.append(view[seg:pos] if seg or pos < end else buf)
+                    self._mode = _HEAD
+                    self._tail = b""
+                    self._flush(out, True)
+                    out.clear()
+                    return pos, _HEAD
+        if seg < pos:
+            out.append(view[seg:pos] if seg or pos < end else buf)
+        return pos, mode
+
+    def _flush(self, out: list, done: bool) -> None:
+        """Feed llhttp the canonical chunked bytes; its body count and end must be ours."""
+        self._parser.feed_data(out[0] if len(out) == 1 else b"".join(out))
+        if self._body_bytes != self._expected or self._in_message == done:
+            raise ProtocolError(400, "request framing disagreement (chunked)")
+
     def _uncharge(self) -> None:
         if self._charged:
             self.budget.give(self._charged)  # type: ignore[union-attr]
@@ -291,6 +530,8 @@ class RequestParser:
         self._headers = []
         self._url = b""
         self._window = None
+        self._held = b""
+        self._line = b""
         self.finished = True
 
     # httptools callbacks -------------------------------------------------
@@ -333,6 +574,7 @@ class RequestParser:
         self._check_protocol_name()
         content_length = None
         chunked = False
+        codings: list[bytes] = []
         expect_continue = False
         upgrade = None
         hosts = 0
@@ -347,7 +589,8 @@ class RequestParser:
             elif lname == b"transfer-encoding":
                 if version == "1.0":
                     raise ProtocolError(400, "Transfer-Encoding in an HTTP/1.0 request")
-                chunked = True  # llhttp refuses any coding but a final 'chunked'
+                # several fields are one list (RFC 9110 5.3): judged after the loop
+                codings += [c.strip().lower() for c in value.split(b",")]
             elif lname == b"expect":
                 if value.strip().lower() == b"100-continue":
                     expect_continue = version == "1.1"
@@ -355,6 +598,14 @@ class RequestParser:
                     raise ProtocolError(417, "unsupported expectation")
             elif lname == b"upgrade":
                 upgrade = value
+        if codings:
+            if codings[-1] != b"chunked" or codings.count(b"chunked") > 1:
+                # RFC 9112 6.3: chunked not last (or twice): the body length is unknowable
+                raise ProtocolError(400, "chunked must be the final transfer coding, once")
+            if len(codings) > 1:
+                # the server decodes no other coding: never pass a still-encoded body on (6.1)
+                raise ProtocolError(501, "unsupported transfer coding")
+            chunked = True
         if hosts > 1 or (hosts == 0 and version == "1.1"):
             raise ProtocolError(400, "an HTTP/1.1 request needs exactly one Host header")
         limit = self.limits.max_body_size
@@ -397,6 +648,8 @@ class RequestParser:
                 upgrade,
         )
         self._events.append(request)
+        self._head_request = request
+        self._headers_done = True
 
     def _check_protocol_name(self) -> None:
         """llhttp also parses RTSP/1.0 and ICE/1.0 request lines as version 1.0: refuse them.

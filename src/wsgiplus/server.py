@@ -57,6 +57,8 @@ _RAW_SOCKET_TIMEOUT = 7 * 24 * 3600.0  # "blocking" for environ["gunicorn.socket
 # Exchange.taken: the connection left HTTP/1.1 during this exchange
 _WEBSOCKET = 1  # accept(): a WebSocketConnection has the transport
 _TAKEOVER = 2  # wsgiplus.takeover: the app's own protocol has it
+_H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"  # RFC 9113 §3.4
+_SWITCHING_TO_H2C = b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: h2c\r\n\r\n"
 
 
 class Exchange(Stream):
@@ -222,6 +224,7 @@ class HTTPConnection(Connection, asyncio.Protocol):
         "upgrade_buffer",
         "upgraded",
         "raw_socket",
+        "_sniff",
     )
 
     def __init__(self, server: Server, template: dict[str, Any]) -> None:
@@ -253,6 +256,8 @@ class HTTPConnection(Connection, asyncio.Protocol):
         self.upgrade_buffer: bytes | None = None  # bytes after an Upgrade request's head
         self.upgraded: Any = None  # the WebSocketConnection (or takeover marker) now on the transport
         self.raw_socket: socket.socket | None = None  # environ["gunicorn.socket"] (upgrades only)
+        # the first bytes, while they may still be the HTTP/2 preface (None: not looking)
+        self._sniff: bytes | None = b"" if server.config.http2 else None
 
     # -- transport callbacks --------------------------------------------------
 
@@ -276,11 +281,20 @@ class HTTPConnection(Connection, asyncio.Protocol):
         if not allowed:
             self._send_error(ProtocolError(503, "too many connections"))
             return
+        if self._sniff is not None:
+            ssl_object = transport.get_extra_info("ssl_object")
+            if ssl_object is not None and ssl_object.selected_alpn_protocol() == "h2":
+                from .http2 import H2Connection
+
+                H2Connection.take_over(self)  # ALPN chose HTTP/2
+                return
         self._set_timer(config.header_timeout, self._on_header_timeout)
 
     def data_received(self, data: bytes) -> None:
         self.server.bytes_in += len(data)
         if self.pending_error is not None or self.closing:
+            return
+        if self._sniff is not None and self._sniffed(data):
             return
         if self.upgrade_buffer is not None:
             self._stash_upgraded(data)
@@ -318,6 +332,29 @@ class HTTPConnection(Connection, asyncio.Protocol):
         if len(self.upgrade_buffer) > 65536 and not self.reading_paused:
             self.reading_paused = True
             self.transport.pause_reading()  # type: ignore[union-attr]
+
+    def _sniffed(self, data: bytes) -> bool:
+        """The first bytes: the HTTP/2 preface (prior knowledge) hands the transport
+        to an ``H2Connection``. True when ``data`` has been dealt with here."""
+        held = self._sniff
+        buffered = held + data if held else data
+        n = min(len(buffered), len(_H2_PREFACE))
+        if buffered[:n] != _H2_PREFACE[:n]:
+            self._sniff = None  # HTTP/1.x
+            if held:
+                self.server.bytes_in -= len(held)  # counted when they arrived
+                self.data_received(buffered)
+                return True
+            return False
+        if n < len(_H2_PREFACE):
+            self._sniff = buffered  # a prefix of the preface: wait for the rest
+            return True
+        self._sniff = None
+        from .http2 import H2Connection
+
+        self._cancel_timer()
+        H2Connection.take_over(self, buffered)
+        return True
 
     def eof_received(self) -> bool | None:
         # A client that half-closes is treated as gone (as waitress does): the
@@ -397,6 +434,8 @@ class HTTPConnection(Connection, asyncio.Protocol):
     def _start(self, ex: Exchange) -> None:
         request = ex.request
         assert request is not None
+        if request.upgrade is not None and self._h2c_upgrade(ex, request):
+            return
         ex.keep_alive = (
             request.keep_alive
             and not self.draining
@@ -422,6 +461,31 @@ class HTTPConnection(Connection, asyncio.Protocol):
                 self._prepare_streaming if type(ex.body) is StreamingBody else None),
         )
         ex.request = None  # the environ has it all now; a suspended request keeps less
+
+    def _h2c_upgrade(self, ex: Exchange, request: Request) -> bool:
+        """``Upgrade: h2c`` (RFC 7540 §3.2): answer 101 and go on in HTTP/2, the request
+        being stream 1. False (answered over HTTP/1.1) unless HTTP/2 is on, the
+        connection is plain, the request has no body, and there is exactly one valid
+        ``HTTP2-Settings``."""
+        if not self.config.http2 or request.upgrade.strip().lower() != b"h2c" or len(self.queue) > 1:  # type: ignore[union-attr]
+            return False
+        if request.has_body:
+            return False  # llhttp hands what follows the head of an upgrade over as raw bytes
+        if self.transport.get_extra_info("ssl_object") is not None:  # type: ignore[union-attr]
+            return False  # RFC 7540 §3.3: over TLS, only ALPN
+        settings = [value for name, value in request.headers if name.lower() == b"http2-settings"]
+        from .http2 import H2Connection
+        from .protocols.h2 import valid_upgrade_settings
+
+        if len(settings) != 1 or not valid_upgrade_settings(settings[0]):
+            return False
+        rest = (self.parser.upgraded_data if self.parser is not None else None) or b""
+        self.queue.clear()
+        self.receiving = None
+        self._cancel_timer()
+        self.transport.write(_SWITCHING_TO_H2C)  # type: ignore[union-attr]
+        H2Connection.take_over(self, rest, upgrade=(settings[0], request, ex.body))
+        return True
 
     def is_disconnected(self) -> bool:
         """True once the client has gone."""
@@ -839,7 +903,7 @@ def _ssl_context(config: Config) -> ssl.SSLContext | None:
         return None
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.load_cert_chain(config.certfile, config.keyfile, config.keyfile_password)
-    ctx.set_alpn_protocols(["http/1.1"])
+    ctx.set_alpn_protocols(["h2", "http/1.1"] if config.http2 else ["http/1.1"])
     return ctx
 
 
@@ -873,6 +937,11 @@ def new_event_loop(kind: str = "auto") -> asyncio.AbstractEventLoop:
 
         return SelectorLoop()
     return asyncio.new_event_loop()
+
+
+# Loop iterations between accepting a socket and the protocol's connection_made (asyncio: 2,
+# uvloop: 1), with one to spare.
+_ACCEPT_HOPS = 3
 
 
 class Server:
@@ -1062,21 +1131,33 @@ class Server:
         queued = self._take_accept_queue()
         if self.hurry:
             timeout = 0.0
+        deadline = self.loop.time() + timeout
         for srv in self._servers:
             srv.close()
         for conn in list(self.connections):
             conn.shutdown()
         if queued:
             await self._adopt(queued, timeout)
-        if self.connections:
+        while True:
+            if not self.connections:
+                # A connection the loop accepted just before the listeners closed reaches
+                # connection_made a few callbacks later (asyncio: accept, then a task, then
+                # call_soon): let it arrive - it gets shutdown() there - rather than exit
+                # under it (the client would see the connection closed without a response).
+                for _ in range(_ACCEPT_HOPS):
+                    await asyncio.sleep(0)
+                if not self.connections:
+                    break
             self._idle_waiter = self.loop.create_future()
             try:
-                await asyncio.wait_for(asyncio.shield(self._idle_waiter), timeout)
+                await asyncio.wait_for(asyncio.shield(self._idle_waiter),
+                                       max(0.0, deadline - self.loop.time()))
             except asyncio.TimeoutError:
                 log.warning("graceful timeout: aborting %d connection(s)", len(self.connections))
                 for conn in list(self.connections):
                     conn.abort()
                 await asyncio.sleep(0)
+                break
         for handle in (self._watchdog, self._sweeper):
             if handle is not None:
                 handle.cancel()

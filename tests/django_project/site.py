@@ -5,6 +5,7 @@ Run: ``PYTHONPATH=tests DJANGO_PROJECT_DB=/tmp/db.sqlite3 wsgiplus django_projec
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import threading
@@ -175,6 +176,32 @@ def state(request: Any) -> JsonResponse:
         })
 
 
+_async_batches: dict[str, list[int]] = {}  # batch -> [awaiting now, most awaiting at once]
+
+
+@transaction.non_atomic_requests  # Django refuses ATOMIC_REQUESTS for async views
+async def async_wait(request: Any, key: str) -> JsonResponse:
+    """Awaits until ``expect`` views of the batch await at once, or ``bound`` seconds passed.
+
+    Django's WSGI handler runs it with ``async_to_sync`` (its own loop, in a thread),
+    so the batch is shared through a lock, not an asyncio primitive.
+    """
+    batch, expect = request.GET["batch"], int(request.GET["expect"])
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + float(request.GET.get("bound", "2"))
+    with _lock:
+        counts = _async_batches.setdefault(batch, [0, 0])
+        counts[0] += 1
+        counts[1] = max(counts)
+    try:
+        while counts[0] < expect and loop.time() < deadline:
+            await asyncio.sleep(0.01)
+    finally:
+        with _lock:
+            counts[0] -= 1
+    return JsonResponse({"key": key, "most_awaiting_at_once": counts[1]})
+
+
 def count(request: Any) -> HttpResponse:
     return HttpResponse(str(Entry.objects.count()))
 
@@ -187,6 +214,7 @@ urlpatterns = [
     path("naive-txn/<str:rid>", naive_txn),
     path("state", state),
     path("count", count),
+    path("async-wait/<str:key>", async_wait),
 ]
 
 
