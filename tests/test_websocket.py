@@ -366,3 +366,29 @@ def test_access_log_line_when_the_socket_ends(serve, access_lines) -> None:  # n
     method, path, proto, status, sent, code = line.split()
     assert (method, path, status, code) == ("GET", "/ws", "101", "4005")
     assert int(sent) >= 7 + 4  # the echoed frame and the close frame
+
+
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+def test_wss_over_tls_and_no_raw_socket_there(serve, certificate, loop: str) -> None:  # noqa: F811
+    import ssl
+
+    if loop == "uvloop":
+        pytest.importorskip("uvloop")
+    cert, key = certificate
+    seen: list[Any] = []
+
+    def app(environ: dict[str, Any], start_response: Any) -> Any:
+        seen.append(environ.get("gunicorn.socket"))
+        return echo(environ["wsgiplus.websocket"].accept())
+
+    server = serve(app, certfile=cert, keyfile=key, loop=loop)
+    ctx = ssl.create_default_context(cafile=cert)
+    with connect(f"wss://127.0.0.1:{server.port}/ws", ssl=ctx) as ws:
+        ws.send("secure")
+        assert ws.recv(timeout=10) == "secure"
+        ws.send(b"\x01" * 200_000)
+        assert ws.recv(timeout=10) == b"\x01" * 200_000
+    assert seen == [None]  # ciphertext is no use to an app: no raw socket under TLS
+
+
+from test_limits import certificate  # noqa: E402, F401 (a fixture)
