@@ -16,7 +16,7 @@ import types
 from pathlib import Path
 from typing import Any
 
-import wsgiplus.protocol as current
+import wsgiplus.protocols.http11 as current
 
 
 def load_protocol(rev: str) -> Any:

@@ -25,9 +25,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
 from fakes import FakeLoop, FakePool, FakeTransport, drive  # noqa: E402
 
-from wsgiplus.config import Config  # noqa: E402
-from wsgiplus.server import HTTPConnection, Server  # noqa: E402
-from wsgiplus.wsgi import environ_template  # noqa: E402
+from wsgiplus.runner.wsgi import environ_template  # noqa: E402
+from wsgiplus.server.core import HTTPConnection, Server  # noqa: E402
+from wsgiplus.shell.config import Config  # noqa: E402
 
 REQUEST = b"GET /hello?x=1 HTTP/1.1\r\nHost: t\r\nUser-Agent: wrk\r\nAccept: */*\r\n\r\n"
 

@@ -15,7 +15,7 @@ import tempfile
 import time
 from types import SimpleNamespace
 
-from wsgiplus.metrics import RequestStats, StatsdClient
+from wsgiplus.shell.metrics import RequestStats, StatsdClient
 
 
 def per_call(fn, n: int) -> float:
@@ -51,7 +51,7 @@ def main() -> None:
     print(f"hook + statsd datagram:           {per_call(lambda: with_statsd.observe(runner), 50_000):7.0f} ns/request")
     sink.close()
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp()
-    from wsgiplus.metrics import MultiprocessExporter
+    from wsgiplus.shell.metrics import MultiprocessExporter
 
     server = SimpleNamespace(active=0, suspensions=SimpleNamespace(count=0), connections=set(),
                              pool=SimpleNamespace(size=8, busy=lambda: 0, queued=lambda: 0),

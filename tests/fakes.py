@@ -17,7 +17,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
-from wsgiplus.streams import ExchangeRecord, ResponseHead, Stream
+from wsgiplus.server.streams import ExchangeRecord, ResponseHead, Stream
 
 
 class FakeTimer:

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 from test_supervisor import spawn  # noqa: F401 (a fixture)
 
-from wsgiplus.accesslog import COMBINED, COMMON, AccessLogger, resolve_format
+from wsgiplus.shell.accesslog import COMBINED, COMMON, AccessLogger, resolve_format
 
 
 class ListHandler(logging.Handler):

@@ -13,7 +13,14 @@ import pytest
 from conftest import raw_exchange, read_until_close
 from test_http import parse_responses
 
-from wsgiplus.protocol import Data, EndOfMessage, Limits, ProtocolError, Request, RequestParser
+from wsgiplus.protocols.http11 import (
+    Data,
+    EndOfMessage,
+    Limits,
+    ProtocolError,
+    Request,
+    RequestParser,
+)
 
 HEAD = b"POST /up HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n"
 NEXT = b"GET /next HTTP/1.1\r\nHost: h\r\n\r\n"

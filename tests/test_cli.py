@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 from test_supervisor import READY, spawn  # noqa: F401 (spawn is a fixture)
 
-from wsgiplus.cli import build_parser, config_from_args
-from wsgiplus.config import Config
+from wsgiplus.shell.cli import build_parser, config_from_args
+from wsgiplus.shell.config import Config
 
 
 def parse(*argv: str, environ: dict[str, str] | None = None) -> Config:
@@ -227,7 +227,7 @@ def test_a_port_in_use_is_one_line_naming_the_bind(workers: str, tmp_path: Path)
 
 
 def test_bind_spellings_gunicorn_users_type() -> None:
-    from wsgiplus.listeners import parse_bind
+    from wsgiplus.server.listeners import parse_bind
 
     assert parse_bind("localhost") == ("tcp", "localhost", 8000)  # gunicorn: the port defaults to 8000
     assert parse_bind(":9000") == ("tcp", "0.0.0.0", 9000)
@@ -309,8 +309,8 @@ def test_fields_added_to_config_get_flags_without_editing_the_cli(monkeypatch: p
     """Other branches add Config fields; the parser must grow a flag for each on its own."""
     import dataclasses
 
-    import wsgiplus.cli as cli
-    import wsgiplus.configfile as configfile
+    import wsgiplus.shell.cli as cli
+    import wsgiplus.shell.configfile as configfile
 
     extended = dataclasses.make_dataclass("Extended", [
         ("telemetry_bind", "str | None", dataclasses.field(default=None, metadata={"help": "where metrics go"})),

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from test_supervisor import APP_SOURCE, spawn  # noqa: F401 (spawn is a fixture)
 
-from wsgiplus.configfile import ConfigFileError, coerce, load_file, parse_size
+from wsgiplus.shell.configfile import ConfigFileError, coerce, load_file, parse_size
 
 
 def write(path: Path, text: str) -> Path:

@@ -16,8 +16,8 @@ from typing import Any
 import pytest
 from conftest import hello_app, read_until_close, wait_for
 
-from wsgiplus.config import Config
-from wsgiplus.server import Server, new_event_loop
+from wsgiplus.server.core import Server, new_event_loop
+from wsgiplus.shell.config import Config
 
 GET = b"GET / HTTP/1.1\r\nHost: t\r\n\r\n"
 

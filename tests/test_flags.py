@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 from test_supervisor import APP_SOURCE, READY, get, spawn  # noqa: F401 (spawn is a fixture)
 
-from wsgiplus.cli import build_parser, load_settings
-from wsgiplus.gunicornconf import UNLIMITED
+from wsgiplus.shell.cli import build_parser, load_settings
+from wsgiplus.shell.gunicornconf import UNLIMITED
 
 
 def parse(*argv: str):
@@ -176,7 +176,7 @@ def test_a_bad_gunicorn_conf_py_is_one_line(tmp_path: Path, text: str, message: 
 
 
 def test_gunicorn_accesslog_none_turns_the_access_log_off(tmp_path: Path) -> None:
-    from wsgiplus.gunicornconf import translate
+    from wsgiplus.shell.gunicornconf import translate
 
     values, ignored = translate({"accesslog": None, "errorlog": "-", "limit_request_line": 0,
                                  "worker_class": "wsgiplus.gunicorn.Worker", "daemon": True})
@@ -206,7 +206,7 @@ def test_the_migration_page_tells_the_truth_about_flags() -> None:
             taken |= set(ours)
     assert len(taken) > 40 and len(lacking) > 10
     assert sorted(taken - known) == []
-    from wsgiplus.cli import REFUSED
+    from wsgiplus.shell.cli import REFUSED
 
     refused = {flag for flags, _ in REFUSED for flag in flags}
     assert sorted((lacking & known) - refused) == []  # absent, or refused with the reason

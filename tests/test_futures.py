@@ -1,4 +1,4 @@
-"""wsgiplus.futures.Future: a lighter concurrent.futures.Future that behaves the same."""
+"""wsgiplus.runner.futures.Future: a lighter concurrent.futures.Future that behaves the same."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import tracemalloc
 
 import pytest
 
-from wsgiplus.futures import Future
+from wsgiplus.runner.futures import Future
 
 
 def test_is_a_concurrent_future_and_blocks_like_one() -> None:

@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 from conftest import hello_app, read_until_close
 
-from wsgiplus.server import HTTPConnection
+from wsgiplus.server.core import HTTPConnection
 from wsgiplus.testing import ServerThread
 
 

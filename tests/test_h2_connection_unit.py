@@ -13,10 +13,10 @@ import h2.events
 import h2.settings
 from fakes import FakeLoop, FakePool, FakeTransport, drive
 
-from wsgiplus.config import Config
-from wsgiplus.http2 import H2Connection
-from wsgiplus.server import HTTPConnection, Server
-from wsgiplus.wsgi import environ_template
+from wsgiplus.runner.wsgi import environ_template
+from wsgiplus.server.core import HTTPConnection, Server
+from wsgiplus.server.h2 import H2Connection
+from wsgiplus.shell.config import Config
 
 
 class Transport(FakeTransport):

@@ -36,7 +36,7 @@ from wsgiplus.protocols.h2 import (
     StreamReset,
     valid_upgrade_settings,
 )
-from wsgiplus.wsgi import BodyBuffer, build_environ, environ_template
+from wsgiplus.runner.wsgi import BodyBuffer, build_environ, environ_template
 
 GET = [(b":method", b"GET"), (b":scheme", b"http"), (b":authority", b"example.com"), (b":path", b"/")]
 
@@ -542,7 +542,7 @@ def test_a_well_behaved_client_is_not_a_flood() -> None:
 
 
 def test_upgrade_makes_the_request_stream_1() -> None:
-    from wsgiplus.protocol import Request
+    from wsgiplus.protocols.http11 import Request
 
     client = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True, header_encoding=None))
     settings = client.initiate_upgrade_connection().rstrip(b"=")  # unpadded, as on the wire
@@ -565,8 +565,8 @@ def test_upgrade_makes_the_request_stream_1() -> None:
 
 
 def test_config_fields_shape_the_limits() -> None:
-    from wsgiplus.cli import build_parser, config_from_args
-    from wsgiplus.config import Config
+    from wsgiplus.shell.cli import build_parser, config_from_args
+    from wsgiplus.shell.config import Config
 
     args = build_parser().parse_args(["--no-http2", "--h2-max-concurrent-streams", "250",
                                       "--h2-max-header-list-size", "32k", "--h2-idle-timeout", "0",

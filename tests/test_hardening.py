@@ -12,8 +12,8 @@ import pytest
 from conftest import raw_exchange, read_until_close
 from test_http import parse_responses
 
-from wsgiplus.protocol import encode_head
-from wsgiplus.wsgi import check_headers, check_status
+from wsgiplus.protocols.http11 import encode_head
+from wsgiplus.runner.wsgi import check_headers, check_status
 
 CLOSE_GET = b"GET / HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"
 

@@ -8,10 +8,10 @@ from typing import Any
 
 from fakes import FakeLoop, FakePool, FakeTransport, drive
 
-from wsgiplus.config import Config
-from wsgiplus.connection import Connection
-from wsgiplus.server import Exchange, HTTPConnection, Server
-from wsgiplus.wsgi import environ_template
+from wsgiplus.runner.wsgi import environ_template
+from wsgiplus.server.connection import Connection
+from wsgiplus.server.core import Exchange, HTTPConnection, Server
+from wsgiplus.shell.config import Config
 
 
 class Bench:
@@ -338,8 +338,8 @@ def test_max_connections_is_the_servers_and_answers_503() -> None:
 
 def test_the_exchange_sets_every_field_of_a_stream() -> None:
     """``Exchange.__init__`` inlines ``Stream.__init__`` (hot path): it must not drift."""
-    from wsgiplus.protocol import RequestParser
-    from wsgiplus.streams import Stream
+    from wsgiplus.protocols.http11 import RequestParser
+    from wsgiplus.server.streams import Stream
 
     b = Bench(hello)
     conn, _ = b.connect()

@@ -465,7 +465,7 @@ def test_proxy_headers_apply_to_streams(serve: Any) -> None:
 
 
 def test_max_requests_sends_goaway_and_finishes_the_streams_in_flight() -> None:
-    from wsgiplus.supervisor import WorkerServer
+    from wsgiplus.shell.supervisor import WorkerServer
 
     gate: Future = Future()
 

@@ -14,8 +14,8 @@ import pytest
 from test_supervisor import get, spawn  # noqa: F401 (spawn is a fixture)
 
 from wsgiplus import __version__
-from wsgiplus.banner import banner_lines
-from wsgiplus.config import Config
+from wsgiplus.shell.banner import banner_lines
+from wsgiplus.shell.config import Config
 
 LOGGING_APP = '''
 import logging

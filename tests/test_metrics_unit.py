@@ -7,7 +7,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from wsgiplus.metrics import BUCKETS, RequestStats, StatusListener
+from wsgiplus.shell.metrics import BUCKETS, RequestStats, StatusListener
 
 parser = pytest.importorskip("prometheus_client.parser")
 
@@ -40,7 +40,7 @@ def test_observe_counts_by_method_and_status_and_buckets_durations() -> None:
 def test_pull_collector_output_parses() -> None:
     from prometheus_client import CollectorRegistry, generate_latest
 
-    from wsgiplus.metrics import PullCollector
+    from wsgiplus.shell.metrics import PullCollector
 
     stats = RequestStats()
     for _ in range(3):

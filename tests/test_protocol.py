@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from wsgiplus.protocol import (
+from wsgiplus.protocols.http11 import (
     Data,
     EndOfMessage,
     Limits,

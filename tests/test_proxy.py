@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
-from wsgiplus.config import Config
-from wsgiplus.proxy import TrustedPeers, fix_environ, make_proxy_fixer, parse_forwarded
+from wsgiplus.server.proxy import TrustedPeers, fix_environ, make_proxy_fixer, parse_forwarded
+from wsgiplus.shell.config import Config
 
 
 def env(peer: str = "10.0.0.1", **headers: str) -> dict[str, Any]:

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from test_supervisor import APP_SOURCE, READY, get, spawn  # noqa: F401 (spawn is a fixture)
 
-from wsgiplus.reload import FileWatcher
+from wsgiplus.shell.reload import FileWatcher
 
 
 def touch(path: Path, text: str) -> None:
@@ -68,7 +68,7 @@ def test_reload_serves_the_new_code_and_survives_a_syntax_error(spawn, tmp_path:
 
 
 def test_matcher_include_and_exclude_patterns(tmp_path: Path) -> None:
-    from wsgiplus.reload import Matcher
+    from wsgiplus.shell.reload import Matcher
 
     m = Matcher([str(tmp_path)], include=["*.html", "conf/*.toml"], exclude=["scratch_*.py", "gen/*"])
     yes = ["app.py", "pkg/mod.py", "templates/page.html", "conf/app.toml"]

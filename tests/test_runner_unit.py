@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from fakes import FakeLoop, FakePool, RecordingStream, drive
 
-from wsgiplus.runner import (
+from wsgiplus.runner.core import (
     _TRANSITIONS,
     OUTBOX_HIGH_WATER,
     IllegalTransition,
@@ -19,7 +19,7 @@ from wsgiplus.runner import (
     State,
     Suspensions,
 )
-from wsgiplus.wsgi import environ_template, make_environ
+from wsgiplus.runner.wsgi import environ_template, make_environ
 
 
 class Closing:

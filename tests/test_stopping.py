@@ -80,7 +80,7 @@ import sys
 sys.path.insert(0, ".")
 from plusapp import app
 from wsgiplus import Config, Server
-from wsgiplus.logconfig import setup_logging
+from wsgiplus.shell.logconfig import setup_logging
 
 config = Config(bind=["127.0.0.1:0"], threads=2, graceful_timeout=3600.0, access_log=False)
 setup_logging(config)

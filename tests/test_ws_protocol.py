@@ -18,10 +18,10 @@ from wsproto.events import (
 )
 from wsproto.extensions import PerMessageDeflate
 
-from wsgiplus.protocol import Request as HTTPRequest
-from wsgiplus.protocol import RequestParser
 from wsgiplus.protocols import ws
-from wsgiplus.wsgi import build_environ, environ_template
+from wsgiplus.protocols.http11 import Request as HTTPRequest
+from wsgiplus.protocols.http11 import RequestParser
+from wsgiplus.runner.wsgi import build_environ, environ_template
 
 
 def client_request(client: WSConnection, **kw: Any) -> dict[str, Any]:

@@ -7,9 +7,9 @@ from typing import Any
 
 __version__ = "0.1.0"
 
-from .config import Config  # noqa: E402
-from .server import Server  # noqa: E402
-from .wsgi import WSGIPLUS_VERSION  # noqa: E402
+from .runner.wsgi import WSGIPLUS_VERSION  # noqa: E402
+from .server.core import Server  # noqa: E402
+from .shell.config import Config  # noqa: E402
 
 __all__ = ["Config", "Server", "WSGIPLUS_VERSION", "__version__", "serve"]
 
@@ -23,12 +23,12 @@ def serve(app: Callable[..., Any], bind: str | list[str] = "127.0.0.1:8000", thr
     """
     import logging
 
-    from .supervisor import run
+    from .shell.supervisor import run
 
     binds = [bind] if isinstance(bind, str) else list(bind)
     config = Config(app=app, bind=binds, threads=threads, **options).validate()
     if not logging.getLogger().handlers:
-        from .logconfig import setup_logging
+        from .shell.logconfig import setup_logging
 
         setup_logging(config)
     return run(config)

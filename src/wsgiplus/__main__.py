@@ -1,3 +1,3 @@
-from .cli import main
+from .shell.cli import main
 
 main()

@@ -18,7 +18,7 @@ test with no server at all. The loop stops at interpreter exit (or on
 ``httpx.AsyncClient``; a forked child starts its own loop on first use.
 
 Every function returns a ``concurrent.futures.Future`` (a lighter subclass,
-``wsgiplus.futures.Future``, for ``run``/``sleep``/``gather``): thread-safe,
+``wsgiplus.runner.futures.Future``, for ``run``/``sleep``/``gather``): thread-safe,
 cancellable, and ``cancel()`` reaches the coroutine (the server cancels the
 future a request waits on when its client disconnects). Coroutines, offloaded
 calls and their children see the caller's contextvars (a copy, as asyncio
@@ -39,8 +39,8 @@ import weakref
 from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from typing import Any, TypeVar
 
-from .futures import Future
-from .server import new_event_loop
+from .runner.futures import Future
+from .server.core import new_event_loop
 
 log = logging.getLogger("wsgiplus.bridge")
 

@@ -34,8 +34,8 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from .compat import WrappedBody, is_wsgiplus, portable
-from .futures import Future
 from .protocols.ws import INTERNAL_ERROR, NORMAL, Closed, Handshake, Message, handshake_from_environ
+from .runner.futures import Future
 from .websocket import ConnectionClosed
 
 __all__ = ["BlockingWebSocket", "BlockingWebSocketRequest", "portable_websocket"]

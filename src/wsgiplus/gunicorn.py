@@ -37,10 +37,10 @@ from typing import Any
 
 from gunicorn.workers import base
 
-from .config import Config
-from .gunicornconf import http2_wanted
-from .server import new_event_loop
-from .supervisor import WorkerServer
+from .server.core import new_event_loop
+from .shell.config import Config
+from .shell.gunicornconf import http2_wanted
+from .shell.supervisor import WorkerServer
 
 __all__ = ["Worker"]
 
@@ -117,7 +117,7 @@ class Worker(base.Worker):
         from_file: dict[str, Any] = {}
         path = os.environ.get("WSGIPLUS_CONFIG")
         if path:
-            from .configfile import load_file
+            from .shell.configfile import load_file
 
             from_file = load_file(path)
         explicit = explicit_settings(cfg)
@@ -180,7 +180,7 @@ class Worker(base.Worker):
         ours.propagate = False
 
     def log_access(self, record: Any) -> None:
-        """One finished exchange (a ``wsgiplus.streams.ExchangeRecord``) to gunicorn's access log."""
+        """One finished exchange (a ``wsgiplus.server.streams.ExchangeRecord``) to gunicorn's access log."""
         if not getattr(self.log, "access_log_enabled", True):
             return
         environ = record.environ
@@ -220,7 +220,7 @@ class Worker(base.Worker):
         if server.config.metrics_bind:
             # every worker listens (SO_REUSEPORT); with PROMETHEUS_MULTIPROC_DIR set each
             # answers for all of them
-            from .metrics import WorkerMetrics, bind_metrics_socket, multiprocess_dir
+            from .shell.metrics import WorkerMetrics, bind_metrics_socket, multiprocess_dir
 
             metrics = WorkerMetrics(server, server.config, loop,
                                     listener_sock=bind_metrics_socket(server.config.metrics_bind, reuse_port=True),

@@ -47,7 +47,7 @@ from collections import deque
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from .futures import Future
+from .runner.futures import Future
 
 __all__ = ["BodyError", "StreamingBody", "streaming_input"]
 

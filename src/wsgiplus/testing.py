@@ -11,8 +11,8 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-from .config import Config
-from .server import Server, new_event_loop
+from .server.core import Server, new_event_loop
+from .shell.config import Config
 
 __all__ = ["ServerThread"]
 

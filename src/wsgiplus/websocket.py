@@ -36,8 +36,6 @@ from collections import deque
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from .connection import Connection
-from .futures import Future
 from .protocols.ws import (
     GOING_AWAY,
     INTERNAL_ERROR,
@@ -49,6 +47,8 @@ from .protocols.ws import (
     WebSocketProtocol,
     handshake_from_environ,
 )
+from .runner.futures import Future
+from .server.connection import Connection
 
 log = logging.getLogger("wsgiplus.error")
 

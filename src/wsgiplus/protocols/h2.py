@@ -52,7 +52,7 @@ import hpack
 from h2.errors import ErrorCodes
 from hyperframe.frame import GoAwayFrame
 
-from ..protocol import Request
+from .http11 import Request
 
 __all__ = [
     "ConnectionTerminated",

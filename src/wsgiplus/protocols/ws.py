@@ -145,7 +145,7 @@ class Handshake:
         answering one it did not offer makes a conforming client fail). ``headers``
         are extra response fields (cookies, say), checked like any response header.
         """
-        from ..wsgi import HOP_BY_HOP, check_headers
+        from ..runner.wsgi import HOP_BY_HOP, check_headers
 
         if subprotocol is not None and subprotocol not in self.subprotocols:
             raise ValueError(f"subprotocol {subprotocol!r} was not offered by the client "

@@ -293,7 +293,7 @@ class StatusListener:
 
     @property
     def address(self) -> str:
-        from .listeners import describe
+        from ..server.listeners import describe
 
         return describe(self.sock)
 
@@ -429,7 +429,7 @@ def asyncio_watchers(loop: Any) -> tuple[Watch, Callable[[int], None]]:
 
 
 def bind_metrics_socket(bind: str, reuse_port: bool = False) -> socket.socket:
-    from .listeners import bind_socket, parse_bind
+    from ..server.listeners import bind_socket, parse_bind
 
     if not reuse_port or parse_bind(bind)[0] != "tcp":
         return bind_socket(bind, 64)
@@ -554,7 +554,7 @@ class WorkerMetrics:
             self.exporter = MultiprocessExporter(server, self.stats)
         self._unix_file = None
         if listener_sock is not None and listener_sock.family == socket.AF_UNIX:
-            from .listeners import unix_socket_file
+            from ..server.listeners import unix_socket_file
 
             self._unix_file = unix_socket_file(listener_sock)
         if listener_sock is not None:
@@ -600,7 +600,7 @@ class WorkerMetrics:
             self.exporter.flush()
         self.stop_listening()
         if self._unix_file is not None:
-            from .listeners import unlink_unix_socket
+            from ..server.listeners import unlink_unix_socket
 
             try:
                 unlink_unix_socket(*self._unix_file)
@@ -656,7 +656,7 @@ class SupervisorMetrics:
             sock = bind_metrics_socket(config.metrics_bind)
             os.set_inheritable(sock.fileno(), False)
             if sock.family == socket.AF_UNIX:
-                from .listeners import unix_socket_file
+                from ..server.listeners import unix_socket_file
 
                 self._unix_file = unix_socket_file(sock)
             registry = multiprocess_registry(self.path, SupervisorCollector(supervisor, self.ready))
@@ -736,7 +736,7 @@ class SupervisorMetrics:
             self.listener.close()
             self.listener = None
         if self._unix_file is not None:
-            from .listeners import unlink_unix_socket
+            from ..server.listeners import unlink_unix_socket
 
             try:
                 unlink_unix_socket(*self._unix_file)

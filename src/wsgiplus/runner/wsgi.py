@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import IO, Any
 from urllib.parse import unquote_to_bytes
 
-from .protocol import MemoryBudget, Request
+from ..protocols.http11 import MemoryBudget, Request
 
 __all__ = ["BodyBuffer", "FileWrapper", "WSGIPLUS_VERSION", "build_environ", "check_headers", "body_time_left",
            "early_hints_head", "environ_template", "make_environ"]

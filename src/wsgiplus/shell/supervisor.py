@@ -33,9 +33,8 @@ import traceback
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from .config import Config
-from .importer import AppImportError, import_app
-from .listeners import (
+from ..server.core import Server, new_event_loop
+from ..server.listeners import (
     ListenError,
     bind_socket,
     describe,
@@ -43,7 +42,8 @@ from .listeners import (
     unix_socket_file,
     unlink_unix_socket,
 )
-from .server import Server, new_event_loop
+from .config import Config
+from .importer import AppImportError, import_app
 
 log = logging.getLogger("wsgiplus.error")
 

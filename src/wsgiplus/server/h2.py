@@ -29,9 +29,7 @@ import time
 from http import HTTPStatus
 from typing import TYPE_CHECKING, Any
 
-from .connection import Connection
-from .protocol import Request, http_date
-from .protocols.h2 import (
+from ..protocols.h2 import (
     ConnectionTerminated,
     ErrorCodes,
     H2Protocol,
@@ -40,12 +38,14 @@ from .protocols.h2 import (
     RequestReceived,
     StreamReset,
 )
+from ..protocols.http11 import Request, http_date
+from ..runner.wsgi import BodyBuffer
+from .connection import Connection
 from .streams import ExchangeRecord, ResponseHead, Stream
-from .wsgi import BodyBuffer
 
 if TYPE_CHECKING:
-    from .runner import Runner
-    from .server import Server
+    from ..runner.core import Runner
+    from .core import Server
 
 log = logging.getLogger("wsgiplus.error")
 

@@ -11,7 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from .protocol import Limits
+from ..protocols.http11 import Limits
 
 __all__ = ["Config"]
 
@@ -122,7 +122,7 @@ class Config:
     @property
     def h2_limits(self) -> Any:
         """The HTTP/2 protocol's limits (``protocols.h2.H2Limits``)."""
-        from .protocols.h2 import H2Limits
+        from ..protocols.h2 import H2Limits
 
         return H2Limits(
             max_concurrent_streams=self.h2_max_concurrent_streams,
@@ -143,8 +143,8 @@ class Config:
 
     def validate(self) -> Config:
         """Refuse settings that cannot work, naming the setting; returns self."""
+        from ..server.proxy import TrustedPeers
         from .accesslog import resolve_format
-        from .proxy import TrustedPeers
 
         if self.threads < 1:
             raise ValueError(f"threads must be at least 1, not {self.threads}")
@@ -197,7 +197,7 @@ class Config:
             raise ValueError(f"chdir {self.chdir}: no such directory")
         if self.env_file and not os.path.isfile(self.env_file):
             raise ValueError(f"env_file {self.env_file}: no such file")
-        from .listeners import parse_bind
+        from ..server.listeners import parse_bind
 
         for bind in self.bind:
             parse_bind(bind)  # BindError (a ValueError) names the bind and the problem

@@ -58,7 +58,7 @@ class _Probe(Mapping[str, Any]):
 class Atoms(Mapping[str, Any]):
     """The atoms of one finished exchange, computed on first use; unknown atoms are ``-``.
 
-    ``record`` is the exchange's ``wsgiplus.streams.ExchangeRecord``.
+    ``record`` is the exchange's ``wsgiplus.server.streams.ExchangeRecord``.
     """
 
     def __init__(self, record: Any, now: float | None = None) -> None:
@@ -226,7 +226,7 @@ class AccessLogger:
         return self.format % atoms
 
     def log(self, record: Any, conn: Any = None) -> None:
-        """One finished exchange (``record`` is a ``wsgiplus.streams.ExchangeRecord``)."""
+        """One finished exchange (``record`` is a ``wsgiplus.server.streams.ExchangeRecord``)."""
         if not self.logger.isEnabledFor(logging.INFO):
             return
         try:

@@ -12,9 +12,9 @@ import os
 import platform
 from collections.abc import Sequence
 
-from . import __version__
+from .. import __version__
+from ..server.listeners import all_interfaces
 from .config import Config
-from .listeners import all_interfaces
 
 log = logging.getLogger("wsgiplus.error")
 

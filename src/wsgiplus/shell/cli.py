@@ -19,7 +19,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from . import __version__
+from .. import __version__
 from .banner import DEMO_APP
 from .config import Config
 from .configfile import KINDS, ConfigFileError, coerce, find_pyproject, load_file

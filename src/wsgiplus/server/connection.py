@@ -18,12 +18,12 @@ import time
 from collections.abc import Callable
 from typing import IO, TYPE_CHECKING, Any
 
-from .runner import Runner
+from ..runner.core import Runner
+from ..runner.wsgi import make_environ
 from .streams import Stream
-from .wsgi import make_environ
 
 if TYPE_CHECKING:
-    from .server import Server
+    from .core import Server
 
 __all__ = ["Connection"]
 

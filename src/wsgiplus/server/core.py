@@ -24,12 +24,7 @@ from collections.abc import Callable, Iterable
 from threading import Lock
 from typing import Any
 
-from . import fdlimit
-from .config import Config
-from .connection import Connection
-from .listeners import bind_socket, describe, socket_from_fd, unix_socket_file, unlink_unix_socket
-from .pool import ThreadPool
-from .protocol import (
+from ..protocols.http11 import (
     Data,
     EndOfMessage,
     MemoryBudget,
@@ -41,11 +36,16 @@ from .protocol import (
     error_page,
     error_response,
 )
-from .runner import Runner, Suspensions
-from .streaming import StreamingBody
+from ..runner.core import Runner, Suspensions
+from ..runner.pool import ThreadPool
+from ..runner.wsgi import BodyBuffer, body_time_left, early_hints_head, environ_template
+from ..shell.config import Config
+from ..streaming import StreamingBody
+from ..websocket import websocket_request
+from . import fdlimit
+from .connection import Connection
+from .listeners import bind_socket, describe, socket_from_fd, unix_socket_file, unlink_unix_socket
 from .streams import NO_ENVIRON, ExchangeRecord, ResponseHead, Stream
-from .websocket import websocket_request
-from .wsgi import BodyBuffer, body_time_left, early_hints_head, environ_template
 
 log = logging.getLogger("wsgiplus.error")
 
@@ -284,7 +284,7 @@ class HTTPConnection(Connection, asyncio.Protocol):
         if self._sniff is not None:
             ssl_object = transport.get_extra_info("ssl_object")
             if ssl_object is not None and ssl_object.selected_alpn_protocol() == "h2":
-                from .http2 import H2Connection
+                from .h2 import H2Connection
 
                 H2Connection.take_over(self)  # ALPN chose HTTP/2
                 return
@@ -350,7 +350,7 @@ class HTTPConnection(Connection, asyncio.Protocol):
             self._sniff = buffered  # a prefix of the preface: wait for the rest
             return True
         self._sniff = None
-        from .http2 import H2Connection
+        from .h2 import H2Connection
 
         self._cancel_timer()
         H2Connection.take_over(self, buffered)
@@ -474,8 +474,8 @@ class HTTPConnection(Connection, asyncio.Protocol):
         if self.transport.get_extra_info("ssl_object") is not None:  # type: ignore[union-attr]
             return False  # RFC 7540 §3.3: over TLS, only ALPN
         settings = [value for name, value in request.headers if name.lower() == b"http2-settings"]
-        from .http2 import H2Connection
-        from .protocols.h2 import valid_upgrade_settings
+        from ..protocols.h2 import valid_upgrade_settings
+        from .h2 import H2Connection
 
         if len(settings) != 1 or not valid_upgrade_settings(settings[0]):
             return False
@@ -639,7 +639,7 @@ class HTTPConnection(Connection, asyncio.Protocol):
         The connection object is made here so the app can use the socket at once:
         its calls are posted to the loop after the switch below.
         """
-        from .websocket import WebSocketConnection
+        from ..websocket import WebSocketConnection
 
         config = self.config
         conn = WebSocketConnection(
@@ -916,7 +916,7 @@ def _proxy_fixer(config: Config) -> Callable[[dict[str, Any]], None] | None:
 
 
 def _access_logger(config: Config) -> Callable[[ExchangeRecord, Connection], None] | None:
-    from .accesslog import AccessLogger
+    from ..shell.accesslog import AccessLogger
 
     logger = AccessLogger.from_config(config)
     return logger.log if logger is not None else None

@@ -27,7 +27,7 @@ from http import HTTPStatus
 
 import httptools
 
-from .streams import ResponseHead
+from ..server.streams import ResponseHead
 
 __all__ = [
     "Data",

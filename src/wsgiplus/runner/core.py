@@ -30,8 +30,8 @@ from collections.abc import Callable, Iterable
 from enum import IntEnum
 from typing import Any
 
+from ..server.streams import NO_ENVIRON, OUTBOX_HIGH_WATER, ResponseHead, Stream
 from .pool import ThreadPool
-from .streams import NO_ENVIRON, OUTBOX_HIGH_WATER, ResponseHead, Stream
 from .wsgi import check_headers, check_status
 
 log = logging.getLogger("wsgiplus.error")

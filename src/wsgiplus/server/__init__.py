@@ -1,0 +1,1 @@
+"""Connections on asyncio transports, the protocol-neutral streams, the Server."""

@@ -1,0 +1,1 @@
+"""What runs the server: command line, settings, processes, logs, metrics."""
