@@ -48,6 +48,7 @@ _PAUSE = 3  # waiting for wsgi.pause_output's resume()
 _FAILED = 4  # app error before the head was sent: the stream answers 500
 _ABORT = 5  # app error after the head was sent: the response is broken
 _STOPPED = 6  # closed early because of a disconnect or the deadline
+_HANDED_OVER = 7  # the app raised StopIteration from its call: it answered on the raw socket
 
 
 class State(IntEnum):
@@ -181,6 +182,7 @@ class Runner:
         "_write_ready",
         "_future",
         "_timer",
+        "_stop_answer",
         "__weakref__",
     )
 
@@ -228,6 +230,7 @@ class Runner:
         self._resume_early = False
         self._future: Any = None
         self._timer: asyncio.TimerHandle | None = None
+        self._stop_answer: tuple[int, str] | None = None  # the status of a request-input error
 
     @property
     def method(self) -> str:
@@ -297,8 +300,49 @@ class Runner:
         elif outcome == _ABORT:
             if self._finish():
                 stream.abort("app error")
+        elif outcome == _HANDED_OVER:
+            if self._finish():
+                stream.abort("handed over")  # send nothing, close, never reuse (gunicorn's rule)
         else:  # _STOPPED
             self._stopped(arg)
+
+    # -- a connection handed over (WebSocket accept, takeover) -------------
+
+    def take_over(self) -> None:
+        """The connection now speaks another protocol: the runner sends no response.
+
+        Called on the app's pool thread by ``accept()`` / ``wsgiplus.takeover``,
+        during the step (the field is the step's, as ``head_sent`` always is).
+        A status the app still gives ``start_response`` is never sent.
+        """
+        self.head_sent = True
+
+    def as_websocket(self, suspensions: Suspensions) -> None:
+        """Loop thread: waits now count against ``suspensions``; no request deadline applies.
+
+        Called before the step that accepted posts its wake-up (the switch is
+        posted first), so no suspension is counted in the old gate.
+        """
+        self.suspensions = suspensions
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def stop_for_input(self, status: int, reason: str) -> None:
+        """Loop thread: the request body failed (413, 400, 408): answer ``status`` if the
+        head is not sent, else cut the response; the app is stopped like a disconnect."""
+        self._stop_answer = (status, reason)
+        self._stop("input")
+
+    def stop_if_suspended(self, reason: str) -> None:
+        """Loop thread: stop the app if it is parked on something no one may complete now."""
+        state = self.state
+        if state is _SUSPENDED:
+            done = getattr(self._future, "done", None)
+            if done is not None and done():
+                return  # its wake-up is on the way (the socket's receive() gave None)
+        if state in _PARKED:
+            self._stop(reason)
 
     def _watch(self, fut: Any) -> None:
         """Wake the request when ``fut`` is done, whoever completes it and on whatever thread."""
@@ -389,7 +433,7 @@ class Runner:
         stream.flush()
         if not self._finish():
             return
-        answer = _STOP_STATUS.get(reason)
+        answer = _STOP_STATUS.get(reason) or (self._stop_answer if reason == "input" else None)
         if answer is not None and not self.head_sent and not stream.disconnected:
             self.status = f"{answer[0]} {answer[1]}"
             stream.error(*answer)
@@ -466,7 +510,14 @@ class Runner:
             if it is None:
                 if self._stop_reason:
                     return _STOPPED, self._stop_reason
-                result = self.app(self.environ, self._start_response)
+                try:
+                    result = self.app(self.environ, self._start_response)
+                except StopIteration:
+                    # gunicorn's convention (Flask-Sock, python-socketio): the app
+                    # took environ["gunicorn.socket"] and answered on it itself
+                    if "gunicorn.socket" in self.environ:
+                        return _HANDED_OVER, None
+                    raise
                 self._iterable = result
                 # A list's items are all there: nothing to wait for between them,
                 # so its chunks may go out together at the end of the step.
@@ -606,6 +657,10 @@ class Runner:
         self.head_sent = True
 
     def _app_error(self, exc: BaseException) -> tuple[int, Any]:
+        if self._stop_reason == "input" and not self.head_sent:
+            # the app's read raised because the body failed: the client gets that status
+            self._close_iterable()
+            return _STOPPED, "input"
         env = self.environ
         log.error(
             "Error in app for %s %s%s",

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from typing import IO, TYPE_CHECKING, Any
 
 from ..runner.core import Runner
@@ -93,8 +94,13 @@ class Connection:
         body: IO[bytes] | None,
         chunked: bool = False,
         trailers: list[tuple[bytes, bytes]] | None = None,
+        prepare: Callable[[dict[str, Any], Runner], None] | None = None,
     ) -> Runner:
-        """Build the environ, make the runner for ``stream`` and start it."""
+        """Build the environ, make the runner for ``stream`` and start it.
+
+        ``prepare(environ, runner)``, if given, runs before the app is called:
+        a protocol adds what only it offers (HTTP/1.1: ``wsgiplus.websocket``).
+        """
         server = self.server
         runner = Runner(
             server.app,
@@ -115,6 +121,8 @@ class Connection:
         record.path = environ["PATH_INFO"]
         record.query = environ["QUERY_STRING"]
         record.started_at = time.monotonic()  # the duration is the app's part, as before
+        if prepare is not None:
+            prepare(environ, runner)
         server.active += 1
         runner.start(environ)
         return runner

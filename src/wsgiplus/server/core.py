@@ -11,6 +11,7 @@ keep-alive. ``Server`` holds connections of any protocol.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 import signal
@@ -39,6 +40,8 @@ from ..runner.core import Runner, Suspensions
 from ..runner.pool import ThreadPool
 from ..runner.wsgi import BodyBuffer, body_time_left, early_hints_head, environ_template
 from ..shell.config import Config
+from ..streaming import StreamingBody
+from ..websocket import websocket_request
 from . import fdlimit
 from .connection import Connection
 from .listeners import bind_socket, describe, socket_from_fd, unix_socket_file, unlink_unix_socket
@@ -49,6 +52,11 @@ log = logging.getLogger("wsgiplus.error")
 __all__ = ["Connection", "Exchange", "HTTPConnection", "Server", "new_event_loop"]
 
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+_RAW_SOCKET_TIMEOUT = 7 * 24 * 3600.0  # "blocking" for environ["gunicorn.socket"]
+
+# Exchange.taken: the connection left HTTP/1.1 during this exchange
+_WEBSOCKET = 1  # accept(): a WebSocketConnection has the transport
+_TAKEOVER = 2  # wsgiplus.takeover: the app's own protocol has it
 _H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"  # RFC 9113 §3.4
 _SWITCHING_TO_H2C = b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: h2c\r\n\r\n"
 
@@ -101,6 +109,8 @@ class Exchange(Stream):
         "framer",
         "_head",
         "_file",
+        "taken",
+        "expect_continue",
     )
 
     def __init__(self, conn: HTTPConnection, request: Request, spool: int,
@@ -127,10 +137,14 @@ class Exchange(Stream):
         self.framer: ResponseFramer | None = None
         self._head: bytes | None = None  # the serialised head, sent with the first bytes
         self._file: _FileTransfer | None = None  # a file body being sent (loop thread)
+        self.taken = 0  # _WEBSOCKET / _TAKEOVER once the app switched protocols
+        self.expect_continue = False  # streamed input: 100 Continue still to send on first read
 
     # -- pool thread (the runner's step) ----------------------------------------
 
     def start(self, head: ResponseHead, known_length: int | None) -> bool:
+        if self.taken:
+            return True  # the runner's head is never sent: the wire is another protocol's
         if known_length == 0 and self.method == "HEAD":
             known_length = None  # HEAD of an empty body: say nothing rather than guess
         lines, self.framer = build_response(
@@ -143,6 +157,9 @@ class Exchange(Stream):
         return True
 
     def data(self, data: bytes) -> bool:
+        if self.taken:
+            raise RuntimeError("the connection was handed over (WebSocket accept, takeover): "
+                               "the app may yield futures, not bytes")
         framed = self.framer.body(data)  # type: ignore[union-attr]
         head = self._head
         if head is not None:
@@ -153,6 +170,8 @@ class Exchange(Stream):
         return not self.paused
 
     def end(self) -> None:
+        if self.taken:
+            return
         framer = self.framer
         tail = framer.end()  # type: ignore[union-attr]
         head = self._head
@@ -335,6 +354,9 @@ class HTTPConnection(Connection, asyncio.Protocol):
         "_idle",
         "_timer_kind",
         "can_sendfile",
+        "upgrade_buffer",
+        "upgraded",
+        "raw_socket",
         "_sniff",
     )
 
@@ -365,6 +387,9 @@ class HTTPConnection(Connection, asyncio.Protocol):
         self._timer_kind = ""
         self._idle = True  # no request in the queue: the keep-alive timer may run
         self.can_sendfile = False  # file bodies go out with os.sendfile (plain TCP / Unix, not TLS)
+        self.upgrade_buffer: bytes | None = None  # bytes after an Upgrade request's head
+        self.upgraded: Any = None  # the WebSocketConnection (or takeover marker) now on the transport
+        self.raw_socket: socket.socket | None = None  # environ["gunicorn.socket"] (upgrades only)
         # the first bytes, while they may still be the HTTP/2 preface (None: not looking)
         self._sniff: bytes | None = b"" if server.config.http2 else None
 
@@ -412,6 +437,9 @@ class HTTPConnection(Connection, asyncio.Protocol):
             return
         if self._sniff is not None and self._sniffed(data):
             return
+        if self.upgrade_buffer is not None:
+            self._stash_upgraded(data)
+            return
         if self._idle and self._deadline and self._timer_kind != "header":
             # first bytes of the next request: the head must now arrive in time
             self._set_timer(self.config.header_timeout, self._on_header_timeout)
@@ -426,6 +454,11 @@ class HTTPConnection(Connection, asyncio.Protocol):
             return
         if events:
             self._handle_events(events)
+        if parser.upgraded_data is not None and self.upgrade_buffer is None and self.queue:
+            # an Upgrade request: what follows its head is not HTTP; keep it for
+            # the protocol the app may switch to (bounded: reading pauses)
+            self.upgrade_buffer = b""
+            self._stash_upgraded(parser.upgraded_data)
         if self.receiving is not None:
             if self.receiving.body is not None:
                 self._set_body_timer(self.receiving.body)
@@ -434,6 +467,12 @@ class HTTPConnection(Connection, asyncio.Protocol):
             # for a long suspended request); the next bytes take one from the pool.
             self.parser = None
             self.server.give_parser(parser)
+
+    def _stash_upgraded(self, data: bytes) -> None:
+        self.upgrade_buffer = (self.upgrade_buffer or b"") + data
+        if len(self.upgrade_buffer) > 65536 and not self.reading_paused:
+            self.reading_paused = True
+            self.transport.pause_reading()  # type: ignore[union-attr]
 
     def _sniffed(self, data: bytes) -> bool:
         """The first bytes: the HTTP/2 preface (prior knowledge) hands the transport
@@ -471,6 +510,8 @@ class HTTPConnection(Connection, asyncio.Protocol):
         queue = self.queue
         self.queue = []
         for ex in queue:
+            if type(ex.body) is StreamingBody:
+                ex.body.fail(400, "client disconnected")  # a blocked read wakes up
             ex.disconnect()  # the runner, if started, stops the app
         self.server.connection_lost(self)
 
@@ -497,12 +538,16 @@ class HTTPConnection(Connection, asyncio.Protocol):
                 self.receiving.body.write(event.data)  # type: ignore[union-attr]
             elif kind is Request:
                 ex = Exchange(self, event, self.config.body_spool_size, self.server.budget)
+                if ex.body is not None and self.server.stream_input and self._streams_input(event):
+                    ex.body = self._streaming_body(ex)
                 self.receiving = ex
                 self.queue.append(ex)
                 if len(self.queue) == 1:
                     self._idle = False
                     self._cancel_timer()
                     self._begin(ex)
+                    if type(ex.body) is StreamingBody:
+                        self._start(ex)  # the app reads the body as it comes
                 elif not self.reading_paused:
                     # A pipelined request waits its turn; stop reading more.
                     self.reading_paused = True
@@ -511,12 +556,19 @@ class HTTPConnection(Connection, asyncio.Protocol):
                 ex = self.receiving  # type: ignore[assignment]
                 self.receiving = None
                 ex.received = True
+                if type(ex.body) is StreamingBody:
+                    ex.body.finish()
+                    if ex.runner is not None or ex is not self.queue[0]:
+                        self._cancel_timer()
+                        continue
                 if ex is self.queue[0]:
                     self._cancel_timer()
                     self._start(ex)
 
     def _begin(self, ex: Exchange) -> None:
         """``ex`` is next to be answered: ask for its body if the client waits to be asked."""
+        if type(ex.body) is StreamingBody:
+            return  # asked on the app's first read (StreamingBody.want_continue)
         if ex.request.expect_continue and not ex.received:  # type: ignore[union-attr]
             self.transport.write(_CONTINUE)  # type: ignore[union-attr]
 
@@ -542,9 +594,12 @@ class HTTPConnection(Connection, asyncio.Protocol):
             query=request.query,
             headers=request.headers,
             http_version=request.http_version,
-            body=ex.body.stream() if ex.body is not None else None,
-            chunked=request.chunked,
+            body=(ex.body if type(ex.body) is StreamingBody else ex.body.stream())
+            if ex.body is not None else None,
+            chunked=request.chunked and type(ex.body) is not StreamingBody,  # streamed: no length
             trailers=request.trailers,
+            prepare=self._prepare_upgrade if request.upgrade is not None else (
+                self._prepare_streaming if type(ex.body) is StreamingBody else None),
         )
         ex.request = None  # the environ has it all now; a suspended request keeps less
 
@@ -577,9 +632,245 @@ class HTTPConnection(Connection, asyncio.Protocol):
         """True once the client has gone."""
         return self.disconnected
 
+    # -- streaming request input (wsgiplus.streaming) ---------------------------
+
+    def _streams_input(self, request: Request) -> bool:
+        mark = self.server.stream_input
+        if mark is True:
+            return True
+        head = {
+            "REQUEST_METHOD": request.method,
+            "PATH_INFO": request.path.decode("latin-1"),
+            "QUERY_STRING": request.query.decode("latin-1"),
+        }
+        for name, value in request.headers:
+            lname = name.decode("latin-1").lower()
+            if lname in ("content-type", "content-length", "expect"):
+                head["HTTP_" + lname.upper().replace("-", "_")] = value.decode("latin-1")
+        head["CONTENT_TYPE"] = head.pop("HTTP_CONTENT_TYPE", "")
+        head["CONTENT_LENGTH"] = head.pop("HTTP_CONTENT_LENGTH", "")
+        try:
+            return bool(mark(head))
+        except Exception:
+            log.exception("streaming_input(when=...) raised: buffering this body")
+            return False
+
+    def _streaming_body(self, ex: Exchange) -> StreamingBody:
+        def pause(paused: bool) -> None:
+            if self.disconnected or self.transport is None:
+                return
+            if paused:
+                if not self.reading_paused:
+                    self.reading_paused = True
+                    self.transport.pause_reading()
+            elif self.reading_paused and len(self.queue) <= 1 and self.pending_error is None:
+                self.reading_paused = False
+                self.transport.resume_reading()
+                if self.receiving is ex and ex.body is not None:
+                    self._set_body_timer(ex.body)  # type: ignore[arg-type]
+
+        def want_continue() -> None:
+            request_expects = ex.expect_continue
+            if request_expects and not ex.received and not self.disconnected and ex.runner is not None:
+                ex.expect_continue = False
+                self.transport.write(_CONTINUE)  # type: ignore[union-attr]
+
+        ex.expect_continue = bool(ex.request is not None and ex.request.expect_continue)
+        return StreamingBody(self.loop, pause, want_continue, self.config.write_buffer_high)
+
+    def _prepare_streaming(self, environ: dict[str, Any], runner: Runner) -> None:
+        body = environ["wsgi.input"]
+        environ["wsgiplus.input"] = body
+        environ["wsgi.input_terminated"] = True  # read to b"": a chunked body has no length
+        environ.pop("HTTP_TRANSFER_ENCODING", None)
+
+    def _input_failed(self, ex: Exchange, status: int, reason: str) -> None:
+        """A streamed body broke (413/400/408): the app's reads fail, the client gets ``status``
+        if the response has not started, and the connection closes after it."""
+        ex.body.fail(status, reason)  # type: ignore[union-attr]
+        self.closing = True  # take no more bytes; _exchange_done closes
+        if self.receiving is ex:
+            self.receiving = None
+        runner = ex.runner
+        if runner is not None:
+            runner.stop_for_input(status, reason)
+
+    # -- leaving HTTP/1.1: WebSockets, the raw socket, takeover ----------------
+
+    def _prepare_upgrade(self, environ: dict[str, Any], runner: Runner) -> None:
+        """An upgrade request's environ, before the app is called: the ways out of HTTP/1.1."""
+        upgrade = websocket_request(environ, self.server)
+        if upgrade is not None:
+            upgrade._upgrade = functools.partial(self._upgrade_to_websocket, runner)
+        environ["wsgiplus.takeover"] = functools.partial(self._takeover_from_app, runner)
+        raw = self.raw_socket = self._raw_socket()
+        if raw is not None:
+            environ["gunicorn.socket"] = raw
+
+    def _raw_socket(self) -> socket.socket | None:
+        """A duplicate of the connection's socket, for libraries that speak on it.
+
+        Only an upgrade request gets one (it is never followed by another request
+        on the connection), and reading stops while the app runs so the loop takes
+        no byte the app should read. The duplicate is closed when the request ends.
+        """
+        transport = self.transport
+        if transport is None or transport.get_extra_info("sslcontext") is not None:
+            return None  # under TLS the raw bytes are ciphertext: no use to the app
+        sock = transport.get_extra_info("socket")
+        if sock is None:
+            return None
+        try:
+            raw = socket.socket(sock.family, sock.type, sock.proto, fileno=os.dup(sock.fileno()))
+        except OSError:
+            return None
+        # O_NONBLOCK is shared with the loop's descriptor, so the duplicate must stay
+        # non-blocking; a timeout makes Python wait in poll(), which reads as blocking
+        raw.settimeout(_RAW_SOCKET_TIMEOUT)
+        if not self.reading_paused:
+            self.reading_paused = True
+            transport.pause_reading()
+        return raw
+
+    def _takeover_from_app(self, runner: Runner,
+                           protocol_factory: Callable[[], asyncio.BaseProtocol]) -> None:
+        """``environ["wsgiplus.takeover"](factory)``, on the app's pool thread.
+
+        The runner sends no response from now on; the switch is made on the
+        loop, before the wake-up of the step that asked for it.
+        """
+        runner.take_over()
+        stream = runner.stream
+        if isinstance(stream, Exchange):
+            stream.taken = _TAKEOVER  # start/data/end are the step's: set here, not on the loop
+        self.loop.call_soon_threadsafe(self._takeover, runner, protocol_factory)
+
+    def _takeover(self, runner: Runner, protocol_factory: Callable[[], asyncio.BaseProtocol]) -> None:
+        ex = runner.stream
+        if self.disconnected or self.transport is None or not isinstance(ex, Exchange):
+            return
+        transport = self.transport
+        trailing, self.upgrade_buffer = self.upgrade_buffer or b"", None
+        self.upgraded = _TakenOver()
+        self._cancel_timer()
+        server = self.server
+        server.connection_lost(self)  # forgotten: no timeouts, limits or shutdown
+        runner.as_websocket(server.websocket_suspensions)
+        record = ex.record
+        record.status = 101
+        record.ended_at = time.monotonic()
+        server.access(self, record)  # the one line: the hand-over itself
+        try:
+            protocol = protocol_factory()
+            transport.set_protocol(protocol)
+            protocol.connection_made(transport)
+            if trailing:
+                protocol.data_received(trailing)  # type: ignore[attr-defined]
+        except Exception:
+            log.exception("takeover: the app's protocol failed to start; closing the connection")
+            transport.abort()
+            return
+        if self.reading_paused:
+            self.reading_paused = False
+            transport.resume_reading()
+
+    def _upgrade_to_websocket(self, runner: Runner, head: bytes, proto: Any, ws: Any) -> None:
+        """``accept()``, on the app's pool thread: the runner sends no HTTP response now.
+
+        The connection object is made here so the app can use the socket at once:
+        its calls are posted to the loop after the switch below.
+        """
+        from ..websocket import WebSocketConnection
+
+        config = self.config
+        conn = WebSocketConnection(
+            proto, ws, self.loop,
+            write_buffer_high=config.write_buffer_high,
+            ping_interval=config.ws_ping_interval,
+            ping_timeout=config.ws_ping_timeout,
+            idle_timeout=config.ws_idle_timeout,
+            timeout=config.ws_timeout,
+            on_end=self._websocket_ended,
+            on_lost=self._websocket_lost,
+        )
+        conn.server = self.server
+        conn.runner = runner
+        conn.exchange = runner.stream
+        runner.take_over()
+        conn.exchange.taken = _WEBSOCKET  # start/data/end are the step's: set here
+        self.loop.call_soon_threadsafe(self._switch_to_websocket, runner, head, conn)
+
+    def _switch_to_websocket(self, runner: Runner, head: bytes, conn: Any) -> None:
+        server = self.server
+        config = self.config
+        ex = conn.exchange
+        ex.record.status = 101
+        conn.remote = self.remote
+        self.upgraded = conn
+        runner.as_websocket(server.websocket_suspensions)
+        if self.raw_socket is not None:  # not needed: the app took the thread-free path
+            self.raw_socket.close()
+            self.raw_socket = None
+        if self.parser is not None:  # finished after the upgrade; an idle socket keeps less
+            self.parser.close()
+            self.parser = None
+        runner.environ.pop("wsgiplus.takeover", None)  # one way out is taken
+        trailing, self.upgrade_buffer = self.upgrade_buffer or b"", None
+        if self.disconnected:
+            conn.connection_lost(None)
+            return
+        self._cancel_timer()
+        server.connections.discard(self)
+        server.connections.add(conn)
+        limit = config.max_websockets
+        if limit is not None and server.websockets >= limit:
+            log.warning("%d WebSockets open (max_websockets): answering 503", limit)
+            ex.record.status = 503
+            conn.refuse(self.transport, error_response(503, "too many WebSockets", False,
+                                                       server.server_header))
+            return
+        server.websockets += 1
+        conn.counted = True
+        conn.start(self.transport, head, trailing)  # type: ignore[arg-type]
+        self.reading_paused = False
+
+    def _websocket_lost(self, conn: Any) -> None:
+        server = self.server
+        if conn.counted:
+            conn.counted = False
+            server.websockets -= 1
+        server.connection_lost(conn)
+        runner = conn.runner
+        if runner is not None:
+            # the app sees None from receive(); one waiting on anything else is stopped
+            self.loop.call_soon(runner.stop_if_suspended, "disconnect")
+
+    def _websocket_ended(self, conn: Any) -> None:
+        """The socket is closed and its app has finished: the access line."""
+        conn.runner = None
+        record = conn.exchange.record
+        record.bytes_sent = conn.proto.bytes_out
+        record.ended_at = time.monotonic()
+        record.environ["wsgiplus.websocket.close_code"] = conn.ws.close_code
+        self.server.access(conn, record)
+        record.environ = NO_ENVIRON
+
     def _exchange_done(self, ex: Exchange, keep_alive: bool, abort: bool) -> None:
         """``ex``'s response is complete (or cut short, ``abort``): log it, go on or close."""
         server = self.server
+        if self.raw_socket is not None:
+            # the app's duplicate (an upgrade request is the connection's last): the
+            # app has returned, so nothing of it reads the socket any more
+            self.raw_socket.close()
+            self.raw_socket = None
+        if ex.taken:
+            # the exchange's app has ended; the wire is another protocol's: its own
+            # end writes the access line (WebSocket), or the hand-over did (takeover)
+            server.active -= 1
+            self.requests += 1
+            ex.runner = None
+            self.upgraded.app_finished(abort)
+            return
         server.active -= 1
         self.requests += 1
         ex.runner = None
@@ -591,6 +882,8 @@ class HTTPConnection(Connection, asyncio.Protocol):
             return
         if self.queue and self.queue[0] is ex:
             del self.queue[0]
+        if type(ex.body) is StreamingBody and not ex.received:
+            keep_alive = False  # the rest of the body must never be read as a request
         if abort or not keep_alive or self.closing:
             self.close()
             return
@@ -617,6 +910,9 @@ class HTTPConnection(Connection, asyncio.Protocol):
     def _protocol_error(self, exc: ProtocolError) -> None:
         log.info("bad request from %s: %d %s", self.remote and self.remote[0], exc.status, exc.reason)
         ex = self.receiving
+        if ex is not None and not ex.received and ex.runner is not None:
+            self._input_failed(ex, exc.status, exc.reason)  # the app is reading it: tell it
+            return
         if ex is not None and not ex.received:
             self.queue.remove(ex)  # half a request is never given to the app
             self.receiving = None
@@ -717,6 +1013,13 @@ class HTTPConnection(Connection, asyncio.Protocol):
 
     def _on_body_timeout(self) -> None:
         ex = self.receiving
+        if ex is not None and not ex.received and ex.runner is not None and type(ex.body) is StreamingBody:
+            if ex.body.paused:  # the server is the one not reading: not the client's fault
+                self._set_timer(self.config.body_timeout, self._on_body_timeout)
+                return
+            log.info("request body timeout from %s", self.remote and self.remote[0])
+            self._input_failed(ex, 408, "request body not received in time")
+            return
         if ex is not None and not ex.received and ex.runner is None:
             log.info("request body timeout from %s", self.remote and self.remote[0])
             self.queue.remove(ex)
@@ -725,6 +1028,15 @@ class HTTPConnection(Connection, asyncio.Protocol):
                 self.pending_error = ProtocolError(408, "request body not received in time")
             else:
                 self._send_error(ProtocolError(408, "request body not received in time"))
+
+
+class _TakenOver:
+    """Marks a connection whose transport an app's own protocol took (``wsgiplus.takeover``)."""
+
+    __slots__ = ()
+
+    def app_finished(self, error: bool) -> None:
+        pass  # the app's iterable ended; the connection is the protocol's business
 
 
 def _ssl_context(config: Config) -> ssl.SSLContext | None:
@@ -797,6 +1109,11 @@ class Server:
         self._idle_waiter: asyncio.Future | None = None
         self.started = False
         self.suspensions = Suspensions(self.config.max_suspended, self.config.suspend_timeout)
+        # an accepted WebSocket waiting for a message is not a suspended request
+        self.websocket_suspensions = Suspensions()
+        self.websockets = 0  # open WebSockets (max_websockets)
+        # an app marked by wsgiplus.streaming.streaming_input: True or when(environ)
+        self.stream_input = getattr(app, "wsgiplus_streaming_input", None)
         self.proxy_fixer = _proxy_fixer(self.config)
         self.access_logger = _access_logger(self.config)  # an AccessLogger, or None
         self.access_log: Callable[[ExchangeRecord, Connection], None] | None = (

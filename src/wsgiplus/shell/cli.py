@@ -167,6 +167,16 @@ def build_parser() -> argparse.ArgumentParser:
     opt("--blocking-warn", field="blocking_warn",
         help="log the stack of an app step that holds a thread this long (0: off)")
 
+    g = group = p.add_argument_group("WebSockets (request limits and timeouts do not apply to them)")
+    opt("--max-websockets", field="max_websockets", help="open WebSockets per worker; beyond it 503 (0: no limit)")
+    opt("--ws-max-message-size", field="ws_max_message_size", help="a larger message closes the socket (1009)")
+    opt("--ws-ping-interval", field="ws_ping_interval", help="seconds: ping a socket silent this long (0: off)")
+    opt("--ws-ping-timeout", field="ws_ping_timeout", help="seconds: close (1011) without a pong by then (0: off)")
+    opt("--ws-idle-timeout", field="ws_idle_timeout", help="seconds without a message either way: close (0: off)")
+    opt("--ws-timeout", field="ws_timeout", help="seconds: a socket's whole life (0: off)")
+    opt("--ws-per-message-deflate", field="ws_per_message_deflate", action=argparse.BooleanOptionalAction,
+        help="accept permessage-deflate compression")
+
     g = group = p.add_argument_group("HTTP, TLS and proxies")
     opt("--root-path", field="root_path", help="SCRIPT_NAME the app is mounted at")
     opt("--server-header", field="server_header", action=argparse.BooleanOptionalAction,

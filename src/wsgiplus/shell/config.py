@@ -53,6 +53,15 @@ class Config:
     max_connections: int | None = None
     max_suspended: int | None = None  # per worker; beyond it a suspending request gets 503
     suspend_timeout: float | None = None  # one suspension; 504 if the head is not sent yet
+    # WebSockets (environ["wsgiplus.websocket"]); not requests: request_timeout,
+    # max_suspended and suspend_timeout do not apply to an accepted socket
+    max_websockets: int | None = None  # open sockets per worker; beyond it accept() answers 503
+    ws_max_message_size: int = 16 * 1024 * 1024  # a larger message closes the socket with 1009
+    ws_ping_interval: float | None = 20.0  # ping a socket silent this long
+    ws_ping_timeout: float | None = 20.0  # close (1011) if the pong has not come by then
+    ws_idle_timeout: float | None = None  # close (1001) a socket with no message either way
+    ws_timeout: float | None = None  # a socket's whole life (1001 after it)
+    ws_per_message_deflate: bool = True  # accept permessage-deflate when the client offers it
     blocking_warn: float | None = 30.0  # warn, with the stack, when one app step runs this long
     # HTTP/2 (h2c by prior knowledge or Upgrade on plain listeners, ALPN h2 with TLS)
     http2: bool = True
@@ -148,6 +157,14 @@ class Config:
         for name in ("keepalive_timeout", "header_timeout", "body_timeout", "graceful_timeout",
                      "drain_grace"):
             if getattr(self, name) < 0:
+                raise ValueError(f"{name} must not be negative")
+        for name in ("ws_max_message_size", "max_websockets"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ValueError(f"{name} must be at least 1")
+        for name in ("ws_ping_interval", "ws_ping_timeout", "ws_idle_timeout", "ws_timeout"):
+            value = getattr(self, name)
+            if value is not None and value < 0:
                 raise ValueError(f"{name} must not be negative")
         if self.loop not in ("auto", "asyncio", "uvloop"):
             raise ValueError(f"loop must be auto, asyncio or uvloop, not {self.loop!r}")
