@@ -85,6 +85,15 @@ http {{
             proxy_request_buffering off;
             proxy_read_timeout 60s;
         }}
+        location /ws/ {{
+            proxy_pass http://wsgiplus;
+            proxy_http_version 1.1;
+            proxy_set_header Upgrade $http_upgrade;
+            proxy_set_header Connection "upgrade";
+            proxy_set_header Host $http_host;
+            proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
+            proxy_read_timeout 1h;
+        }}
         location /buffered/ {{
             proxy_pass http://wsgiplus;
             proxy_http_version 1.1;

@@ -89,8 +89,14 @@ def test_one_process_metrics_scraped_and_parsed(spawn, gate, app_dir) -> None:  
     client = threading.Thread(target=lambda: held.append(get(port, "/gate", timeout=30)))
     client.start()
     try:
-        gate.wait_arrivals(1)  # one request suspended, holding no thread
-        s = scrape(mport)
+        gate.wait_arrivals(1)  # the app has reached the gate and is about to yield its future
+        # the loop counts the suspension a moment later: scrape until it has (bounded)
+        deadline = time.monotonic() + 10
+        while True:
+            s = scrape(mport)
+            if value(s, "wsgiplus_requests_suspended") == 1 or time.monotonic() > deadline:
+                break
+            time.sleep(0.02)
         assert value(s, "wsgiplus_requests_total", method="GET", status="200") == 3
         assert value(s, "wsgiplus_requests_total", method="POST", status="200") == 1
         assert value(s, "wsgiplus_rejected_total", status="400") == 1  # never reached the app

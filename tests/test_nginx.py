@@ -9,6 +9,7 @@ loadbalancers.py) with the configuration docs/deployment.md shows:
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -55,6 +56,10 @@ class Shared:
 def make_app(name: str, shared: Shared) -> Any:
     def app(environ: dict[str, Any], start_response: Any) -> Iterator[Any]:
         path = environ["PATH_INFO"]
+        upgrade = environ.get("wsgiplus.websocket")
+        if path.startswith("/ws/") and upgrade is not None:
+            yield from ws_echo(upgrade.accept(), f"{name} {environ['REMOTE_ADDR']} ")
+            return
         if path == "/sse":
             start_response("200 OK", [("Content-Type", "text/event-stream"), ("Cache-Control", "no-cache")])
             for i in range(3):
@@ -82,6 +87,17 @@ def make_app(name: str, shared: Shared) -> Any:
         yield body
 
     return app
+
+
+def ws_echo(ws: Any, prefix: str) -> Iterator[Any]:
+    """Echo each message with the backend's name and the client address it believed."""
+    while True:
+        fut = ws.receive()
+        yield fut  # no thread while the client is silent
+        message = fut.result()
+        if message is None:
+            return
+        yield ws.send(prefix + message if isinstance(message, str) else message)
 
 
 @pytest.fixture
@@ -220,3 +236,25 @@ def test_rolling_restart_loses_nothing(tmp_path: Path, transport: str, workers: 
     backends = [Backend(name, bind, tmp_path, args) for name, bind in zip("ab", binds, strict=True)]
     clients = rolling_restart(backends, lambda: start_nginx(tmp_path / "nginx", binds), reload=workers > 1)
     print(f"\nrolling restart behind nginx ({transport}, --workers {workers}): {clients.summary()}")
+
+
+def test_websockets_through_the_proxy(nginx: Any, backends: list[Any]) -> None:
+    """The documented /ws/ location passes the upgrade on: thread-free sockets (one pool thread per
+    backend) on both backends, the client's address from X-Forwarded-For, text and binary echoed."""
+    from websockets.sync.client import connect
+
+    def client() -> Any:  # from 127.0.0.2, so the address the backend believes is nginx's header
+        sock = socket.create_connection(("127.0.0.1", nginx.port), timeout=10, source_address=("127.0.0.2", 0))
+        return connect(f"ws://127.0.0.1:{nginx.port}/ws/chat", sock=sock, open_timeout=10, close_timeout=5)
+
+    with contextlib.ExitStack() as stack:
+        sockets = [stack.enter_context(client()) for _ in range(6)]
+        names = set()
+        for i, ws in enumerate(sockets):  # all six open at once on two single-thread backends
+            ws.send(f"hello {i}")
+            name, remote, text = ws.recv(timeout=10).split(" ", 2)
+            assert (remote, text) == ("127.0.0.2", f"hello {i}")
+            names.add(name)
+            ws.send(b"\x00\x01binary")
+            assert ws.recv(timeout=10) == b"\x00\x01binary"
+        assert names == {"a", "b"}  # nginx spread the upgrades over both backends
