@@ -80,6 +80,7 @@ def test_haproxy_reaches_both_and_forwards_the_client(tmp_path: Path) -> None:
             b.kill()
 
 
+@pytest.mark.rolling
 @pytest.mark.timeout(240)
 def test_rolling_restart_behind_haproxy_loses_nothing(tmp_path: Path) -> None:
     backends = make_backends(tmp_path)

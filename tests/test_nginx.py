@@ -218,6 +218,7 @@ def test_expect_100_continue_through_the_proxy(nginx: Any) -> None:
 # -- rolling restarts --------------------------------------------------------------------------
 
 
+@pytest.mark.rolling
 @pytest.mark.timeout(240)
 @pytest.mark.parametrize(("transport", "workers"), [("tcp", 2), ("unix", 2), ("tcp", 1)])
 def test_rolling_restart_loses_nothing(tmp_path: Path, transport: str, workers: int) -> None:
