@@ -163,6 +163,12 @@ def run_worker(config: Config, sockets: list[socket.socket] | None, status_fd: i
                         handler.flush()
             finally:
                 if masked:
+                    if may_report is not None:
+                        # a forked worker about to exit: a stop signal from here on must not
+                        # raise into whatever runs (importlib's cleanup callbacks print it as
+                        # "Exception ignored" with a traceback, seen once on 3.12)
+                        for sig in (signal.SIGQUIT, signal.SIGTERM):
+                            signal.signal(sig, signal.SIG_IGN)
                     signal.pthread_sigmask(signal.SIG_SETMASK, old)
             return BOOT_ERROR
         log.error("%s\n(serving this error until a file changes)", text)
