@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 BASELINE = "wsgiplus"
+COMPILED = "wsgiplus-compiled"  # the optional mypyc build, when the run had it
 
 
 def _vals(runs: list[dict[str, Any]], key: str) -> list[float]:
@@ -66,6 +67,9 @@ def _wrk_table(data: dict[str, list[dict[str, Any]]], labels: dict[str, str], ex
     base_runs = data.get(BASELINE, [])
     header = ["server", "req/s median (min-max)", "p50 ms", "p99 ms", "errors", "CPU us/req", "peak RSS MB"]
     header += [h for h, _, _ in extra] + ["WSGI+ / this"]
+    compiled_runs = data.get(COMPILED)
+    if compiled_runs:
+        header.append("WSGI+ compiled / this")
     rows = []
     for name, runs in data.items():
         row = [labels.get(name, name), span(runs, "rps"), _f(med(runs, "p50_us"), "{:.1f}", 1e-3),
@@ -74,6 +78,9 @@ def _wrk_table(data: dict[str, list[dict[str, Any]]], labels: dict[str, str], ex
         row += [_f(med(runs, key), fmt) for _, key, fmt in extra]
         r = paired(base_runs, runs, "rps")
         row.append("-" if name == BASELINE or r is None else f"{r:.2f}x")
+        if compiled_runs:
+            rc = paired(compiled_runs, runs, "rps")
+            row.append("-" if name == COMPILED or rc is None else f"{rc:.2f}x")
         rows.append(row)
     return _table(header, rows)
 

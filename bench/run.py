@@ -85,8 +85,11 @@ def _granian(*extra: str) -> Callable[[str, int], list[str]]:
     return cmd
 
 
+COMPILED = "wsgiplus-compiled"  # the optional mypyc build of the same tree (setup.py)
+
 SERVERS = [
     ServerKind("wsgiplus", "WSGI+ (8 threads)", _wsgiplus, plus=True),
+    ServerKind(COMPILED, "WSGI+ compiled (8 threads)", _wsgiplus, plus=True),
     ServerKind("gunicorn-sync", "gunicorn sync", _gunicorn("-k", "sync")),
     ServerKind("gunicorn-gthread", "gunicorn gthread 8", _gunicorn("-k", "gthread", "--threads", "8")),
     ServerKind("gunicorn-gevent", "gunicorn gevent", _gunicorn("-k", "gevent", "--worker-connections", "20000")),
@@ -123,6 +126,7 @@ def _hypercorn(app: str, port: int) -> list[str]:
 # the HTTP/2 scenario's servers: the WSGI servers that speak h2c by prior knowledge
 H2_SERVERS = [
     ServerKind("wsgiplus", "WSGI+ (8 threads)", _wsgiplus, plus=True),
+    ServerKind(COMPILED, "WSGI+ compiled (8 threads)", _wsgiplus, plus=True),
     ServerKind("hypercorn", "hypercorn (WSGI)", _hypercorn),
     ServerKind("granian", "granian wsgi (default)", _granian()),
     ServerKind("granian-8", "granian wsgi 8 blocking threads", _granian("--blocking-threads", "8")),
@@ -292,6 +296,7 @@ class Bench:
     nginx: str | None = None
     src: Path | None = None  # a snapshot's src/ to serve WSGI+ from, instead of the work tree
     h2_servers: list[ServerKind] = field(default_factory=lambda: list(H2_SERVERS))
+    compiled: Path | None = None  # a src/ holding the compiled build, for the wsgiplus-compiled server
 
     @property
     def reps(self) -> int:
@@ -309,6 +314,10 @@ class Bench:
         return env
 
     def start(self, kind: ServerKind, app: str, env: dict[str, str]) -> tuple[Running, int] | None:
+        if kind.name == COMPILED:
+            if self.compiled is None:
+                return None
+            env = dict(env, PYTHONPATH=os.pathsep.join((str(self.compiled), env.get("PYTHONPATH", ""))))
         port = next_port()
         name = app.replace("_block", "_plus") if kind.plus else app
         srv = Running(kind.command(name, port), env, self.logdir / f"{kind.name}.log")
@@ -792,6 +801,23 @@ def git_revision(ref: str) -> str:
         return "?"
 
 
+def compile_tree(src: Path, where: Path) -> Path | None:
+    """The compiled build (setup.py's modules, through mypyc) of the tree at ``src``, under
+    ``where``; None (and the wsgiplus-compiled server is left out) when it cannot be built."""
+    dest = where / "compiled"
+    shutil.copytree(src, dest / "src", ignore=shutil.ignore_patterns("*.so", "__pycache__", "*.egg-info"))
+    for name in ("setup.py", "pyproject.toml", "README.md"):
+        shutil.copy(ROOT / name, dest / name)
+    print("bench: compiling the request path with mypyc (about a minute)", flush=True)
+    res = subprocess.run([PY, "setup.py", "build_ext", "--inplace"], cwd=dest, capture_output=True, text=True,
+                         env=dict(os.environ, WSGIPLUS_COMPILE="1"), timeout=900)
+    if res.returncode != 0:
+        (where / "compile.log").write_text(res.stdout + res.stderr)
+        print(f"bench: the compiled build failed (see {where / 'compile.log'}): leaving {COMPILED} out", flush=True)
+        return None
+    return dest / "src"
+
+
 def snapshot(ref: str, where: Path) -> Path:
     """``src/`` as committed at ``ref``, exported (read-only for the repo) under ``where``."""
     dest = where / "snapshot"
@@ -816,7 +842,7 @@ def main(argv: list[str] | None = None) -> None:
     bad = set(scenarios) - set(ALL_SCENARIOS)
     if bad:
         p.error(f"unknown scenarios: {', '.join(sorted(bad))}")
-    servers = SERVERS
+    servers = list(SERVERS)
     if args.servers:
         wanted = set(args.servers.split(","))
         servers = [s for s in SERVERS if s.name in wanted]
@@ -834,11 +860,16 @@ def main(argv: list[str] | None = None) -> None:
     revision = git_revision(args.ref or "HEAD") + ("" if args.ref else "+work tree")
     if args.ref:
         bench.src = snapshot(args.ref, logdir)
+    if any(s.name == COMPILED for s in servers + bench.h2_servers):
+        bench.compiled = compile_tree(bench.src or ROOT / "src", logdir)
+    if bench.compiled is None:  # not asked for, or it could not be built
+        bench.servers = [s for s in servers if s.name != COMPILED]
+        bench.h2_servers = [s for s in bench.h2_servers if s.name != COMPILED]
     raw_path = out / "results.json"
     # merge into an earlier run's results so one scenario can be re-run on its own
     previous = json.loads(raw_path.read_text()) if raw_path.exists() else {}
     started = datetime.datetime.now(datetime.timezone.utc)
-    print(f"bench: {', '.join(scenarios)} against {', '.join(s.name for s in servers)}; logs in {logdir}", flush=True)
+    print(f"bench: {', '.join(scenarios)} against {', '.join(s.name for s in bench.servers)}; logs in {logdir}", flush=True)
     for scenario in scenarios:
         t0 = time.monotonic()
         print(f"== {scenario}", flush=True)

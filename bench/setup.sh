@@ -30,6 +30,7 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] || [ bench/setup.sh -nt 
     echo "bench: installing peers into $VENV" >&2
     "$VENV/bin/pip" install -q --upgrade pip
     "$VENV/bin/pip" install -q -e ".[fast]" \
-        gunicorn gevent waitress uvicorn a2wsgi granian hypercorn matplotlib httpx py-spy
+        gunicorn gevent waitress uvicorn a2wsgi granian hypercorn matplotlib httpx py-spy \
+        "mypy>=1.10" "setuptools>=77"  # mypyc and setup.py build_ext: the wsgiplus-compiled server
     touch "$stamp"
 fi

@@ -34,7 +34,7 @@ import logging
 import threading
 from collections import deque
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import Any, ClassVar
 
 from .protocols.ws import (
     GOING_AWAY,
@@ -219,23 +219,15 @@ class WebSocketConnection(Connection, asyncio.Protocol):
     server's sweep (``check_timer``), so an idle socket holds no timer handle.
     """
 
-    protocol_name = "WebSocket"
+    protocol_name: ClassVar[str] = "WebSocket"
 
     __slots__ = (
-        "server",
-        "requests",
-        "closing",
-        "draining",
         "exchange",
         "proto",
         "ws",
-        "loop",
         "loop_thread",
-        "transport",
-        "remote",
         "write_paused",
         "reading_paused",
-        "disconnected",
         "app_done",
         "ended",
         "started_at",
@@ -277,7 +269,6 @@ class WebSocketConnection(Connection, asyncio.Protocol):
         on_end: Callable[[WebSocketConnection], None] | None = None,
         on_lost: Callable[[WebSocketConnection], None] | None = None,
     ) -> None:
-        self.server: Any = None  # set by the server that accepted it
         self.requests = 1
         self.closing = False
         self.draining = False

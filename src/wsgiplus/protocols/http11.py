@@ -24,6 +24,7 @@ import time
 from dataclasses import dataclass
 from email.utils import formatdate
 from http import HTTPStatus
+from typing import Any
 
 import httptools
 
@@ -275,7 +276,8 @@ class RequestParser:
     def feed(self, data: bytes) -> list[Event]:
         if self.finished:
             raise ProtocolError(400, "data after the end of HTTP on this connection")
-        self._events = events = []
+        events: list[Event] = []
+        self._events = events
         self._data = data
         if self._window is None:
             self._search_from = 0
@@ -550,12 +552,14 @@ class RequestParser:
             raise ProtocolError(414, "request target too long")
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        headers: list[tuple[bytes, bytes]]
         if self._in_head:
             headers = self._headers
         else:  # after the body: a chunked trailer field, never one of the head's
-            headers = self._trailers
-            if headers is None:
-                headers = self._trailers = []
+            trailers = self._trailers
+            if trailers is None:
+                trailers = self._trailers = []
+            headers = trailers
         if len(headers) >= self.limits.max_header_count:
             raise ProtocolError(431, "too many header fields")
         if len(name) + len(value) + 2 > self.limits.max_header_size:
@@ -620,11 +624,14 @@ class RequestParser:
             path, query = b"*", b""
         else:
             try:
-                parsed = httptools.parse_url(url)
+                parsed: Any = httptools.parse_url(url)  # fields may be None, whatever the stubs say
             except httptools.HttpParserInvalidURLError:
                 raise ProtocolError(400, "invalid request target") from None
-            path = parsed.path or b"/"
-            query = parsed.query or b""
+            # (not `parsed.path or b"/"`: the compiled build checks the operand's type first)
+            parsed_path = parsed.path
+            path = parsed_path if parsed_path else b"/"
+            parsed_query = parsed.query
+            query = parsed_query if parsed_query else b""
             if parsed.host and parsed.schema:
                 # absolute-form: the target's authority is the Host (RFC 9112 3.2.2)
                 host = b"[" + parsed.host + b"]" if b":" in parsed.host else parsed.host

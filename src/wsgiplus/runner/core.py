@@ -33,7 +33,8 @@ from enum import IntEnum
 from typing import Any
 
 from ..server.streams import NO_ENVIRON, OUTBOX_HIGH_WATER, ResponseHead, Stream
-from .pool import ThreadPool
+from .errors import IllegalTransition
+from .pool import Pool
 from .wsgi import FileWrapper, check_headers, check_status
 
 log = logging.getLogger("wsgiplus.error")
@@ -89,10 +90,6 @@ _TRANSITIONS: dict[State, tuple[State, ...]] = {
 }
 # the same as a set of ints, checked on every transition
 _ALLOWED = frozenset(int(old) * 8 + int(new) for old, targets in _TRANSITIONS.items() for new in targets)
-
-
-class IllegalTransition(RuntimeError):
-    """A runner was asked to go from one state to a state ``_TRANSITIONS`` does not allow."""
 
 
 # Apps send the same status and headers again and again: validate and encode
@@ -191,7 +188,7 @@ class Runner:
         app: Callable[..., Iterable[Any]],
         stream: Stream,
         loop: asyncio.AbstractEventLoop,
-        pool: ThreadPool,
+        pool: Pool,
         *,
         timeout: float | None = None,
         suspensions: Suspensions | None = None,
@@ -389,7 +386,9 @@ class Runner:
             self._submit(self._run)
         self._release_writer()
 
-    on_drain = on_writable  # the name before the seam
+    def on_drain(self) -> None:
+        """The name before the seam (a method, not an alias: the compiled build needs one)."""
+        self.on_writable()
 
     def _on_resume(self) -> None:
         if self.state is _PAUSED:
@@ -522,7 +521,7 @@ class Runner:
                 # A list's items are all there: nothing to wait for between them,
                 # so its chunks may go out together at the end of the step.
                 self._eager = eager = type(result) in (list, tuple)
-                self._single_chunk = eager and len(result) == 1
+                self._single_chunk = eager and len(result) == 1  # type: ignore[arg-type]
                 if type(result) is FileWrapper and stream.takes_files and self._offer_file(result):
                     self._iterator = iter(())  # the next step (when the file is sent) ends the body
                     return _DRAIN, None

@@ -14,11 +14,24 @@ import queue
 import threading
 import time
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Any, Protocol
 
 log = logging.getLogger("wsgiplus.error")
 
-__all__ = ["ThreadPool"]
+__all__ = ["Pool", "ThreadPool"]
+
+
+class Pool(Protocol):
+    """What the runner needs of a pool: ``ThreadPool``, or a test's fake (a protocol, so
+    the compiled build checks no class at the boundary)."""
+
+    affinity: bool
+
+    def submit(self, fn: Callable[..., Any], *args: Any) -> None: ...
+
+    def submit_to(self, index: int | None, fn: Callable[..., Any], *args: Any) -> None: ...
+
+    def current_index(self) -> int | None: ...
 
 
 _local = threading.local()  # which pool thread this is: for affinity, not request state
@@ -39,7 +52,7 @@ class ThreadPool:
         self.size = threads
         self.affinity = affinity
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
-        self._queues = [queue.SimpleQueue() for _ in range(threads)] if affinity else []
+        self._queues: list[queue.SimpleQueue] = [queue.SimpleQueue() for _ in range(threads)] if affinity else []
         # per thread: monotonic start of the job it runs, or 0.0 when idle
         self._started: list[float] = [0.0] * threads
         self._threads = [

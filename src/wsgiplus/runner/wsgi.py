@@ -15,7 +15,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterable, Iterator
-from typing import IO, Any
+from typing import IO, Any, cast
 from urllib.parse import unquote_to_bytes
 
 from ..protocols.http11 import MemoryBudget, Request
@@ -180,7 +180,7 @@ class BodyBuffer:
 
     def _spill(self) -> None:
         spill = tempfile.TemporaryFile(prefix="wsgiplus-body-")
-        spill.write(self._file.getvalue())
+        spill.write(cast(io.BytesIO, self._file).getvalue())
         self._file = spill
         self._spilled = True
         self._release()
@@ -207,7 +207,7 @@ class BodyBuffer:
         return self._file
 
 
-def body_time_left(body: BodyBuffer, timeout: float, min_rate: float | None) -> float:
+def body_time_left(body: Any, timeout: float, min_rate: float | None) -> float:
     """Seconds the body may still take: ``timeout`` between pieces, and in total
     ``timeout + bytes received / min_rate`` from its start (so a trickle is cut)."""
     if not min_rate or not timeout:

@@ -16,8 +16,9 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
-from typing import IO, TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING, Any, ClassVar
 
+from .._compiled import mypyc_attr
 from ..runner.core import Runner
 from ..runner.wsgi import make_environ
 from .streams import Stream
@@ -28,6 +29,7 @@ if TYPE_CHECKING:
 __all__ = ["Connection"]
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)  # subclassed by pure-Python classes
 class Connection:
     """Base of every connection the server holds (loop thread only).
 
@@ -38,12 +40,13 @@ class Connection:
     after ``server.active -= 1`` (``run_exchange`` counted it in).
     """
 
-    __slots__ = ()  # subclasses keep theirs: no per-connection __dict__
+    # the fields every connection has (set by the subclass's __init__); subclasses
+    # add their own slots: no per-connection __dict__
+    __slots__ = ("server", "loop", "transport", "remote", "requests", "disconnected", "closing",
+                 "draining")
 
-    protocol_name = "?"  # "HTTP/1.1", "HTTP/2", "WebSocket"
+    protocol_name: ClassVar[str] = "?"  # "HTTP/1.1", "HTTP/2", "WebSocket"
 
-    # slots a subclass must define: server, loop, transport, remote, requests,
-    # disconnected, closing, draining
     server: Server
     loop: asyncio.AbstractEventLoop
     transport: asyncio.BaseTransport | None

@@ -22,8 +22,9 @@ import time
 import traceback
 from collections.abc import Callable, Iterable
 from threading import Lock
-from typing import Any
+from typing import Any, ClassVar
 
+from .._compiled import mypyc_attr
 from ..protocols.http11 import (
     Data,
     EndOfMessage,
@@ -42,8 +43,8 @@ from ..runner.wsgi import BodyBuffer, body_time_left, early_hints_head, environ_
 from ..shell.config import Config
 from ..streaming import StreamingBody
 from ..websocket import websocket_request
-from . import fdlimit
 from .connection import Connection
+from .fdlimit import probe as fd_probe
 from .listeners import bind_socket, describe, socket_from_fd, unix_socket_file, unlink_unix_socket
 from .streams import NO_ENVIRON, ExchangeRecord, ResponseHead, Stream
 
@@ -127,7 +128,7 @@ class Exchange(Stream):
         self.flush_posted = False
         self.conn = conn
         self.request: Request | None = request
-        self.body = BodyBuffer(spool, budget) if request.has_body else None
+        self.body: Any = BodyBuffer(spool, budget) if request.has_body else None
         self.received = False  # the whole request (body included) has arrived
         self.runner: Runner | None = None
         self.method = request.method
@@ -330,25 +331,17 @@ class Exchange(Stream):
 class HTTPConnection(Connection, asyncio.Protocol):
     """HTTP/1.1 on one transport. Every method runs on the loop thread."""
 
-    protocol_name = "HTTP/1.1"
+    protocol_name: ClassVar[str] = "HTTP/1.1"
 
     __slots__ = (
-        "server",
         "config",
-        "loop",
         "template",
         "parser",
-        "transport",
-        "remote",
         "queue",
         "receiving",
         "write_paused",
-        "disconnected",
-        "closing",
-        "draining",
         "reading_paused",
         "pending_error",
-        "requests",
         "_deadline",
         "_on_timeout",
         "_idle",
@@ -595,7 +588,7 @@ class HTTPConnection(Connection, asyncio.Protocol):
             headers=request.headers,
             http_version=request.http_version,
             body=(ex.body if type(ex.body) is StreamingBody else ex.body.stream())
-            if ex.body is not None else None,
+            if ex.body is not None else None,  # type: ignore[arg-type]
             chunked=request.chunked and type(ex.body) is not StreamingBody,  # streamed: no length
             trailers=request.trailers,
             prepare=self._prepare_upgrade if request.upgrade is not None else (
@@ -638,6 +631,8 @@ class HTTPConnection(Connection, asyncio.Protocol):
         mark = self.server.stream_input
         if mark is True:
             return True
+        if not callable(mark):
+            return False
         head = {
             "REQUEST_METHOD": request.method,
             "PATH_INFO": request.path.decode("latin-1"),
@@ -986,7 +981,7 @@ class HTTPConnection(Connection, asyncio.Protocol):
         self._on_timeout = callback
         self._deadline = self.loop.time() + delay
 
-    def _set_body_timer(self, body: BodyBuffer) -> None:
+    def _set_body_timer(self, body: Any) -> None:  # a BodyBuffer or a StreamingBody
         config = self.config
         self._set_timer(body_time_left(body, config.body_timeout, config.body_min_rate), self._on_body_timeout)
 
@@ -1084,6 +1079,7 @@ def new_event_loop(kind: str = "auto") -> asyncio.AbstractEventLoop:
 _ACCEPT_HOPS = 3
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)  # subclassed by pure-Python classes
 class Server:
     """Serves one WSGI app on a set of listening sockets from one event loop."""
 
@@ -1094,7 +1090,7 @@ class Server:
         self.budget = MemoryBudget(self.config.max_buffered_size)  # request heads and bodies
         self.server_header = b"wsgiplus" if self.config.server_header else None
         self.loop: asyncio.AbstractEventLoop = None  # type: ignore[assignment]
-        self.pool: ThreadPool = None  # type: ignore[assignment]
+        self.pool: Any = None  # the ThreadPool, made when the server starts (a fake in unit tests)
         self.connections: set[Connection] = set()  # every protocol's
         self.active = 0  # requests handed to the app and not finished
         self.sockets: list[socket.socket] = []
@@ -1224,7 +1220,7 @@ class Server:
         for conn in tuple(self.connections):
             conn.check_timer(now)
         if self._uvloop:  # libuv closes clients at the fd limit silently: say so
-            fdlimit.probe(f"new connections are closed at once by uvloop; {len(self.connections)} open")
+            fd_probe(f"new connections are closed at once by uvloop; {len(self.connections)} open")
         self._sweeper = self.loop.call_later(self._sweep_every, self._sweep)
 
     def _watch_pool(self) -> None:

@@ -27,7 +27,7 @@ import asyncio
 import logging
 import time
 from http import HTTPStatus
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from ..protocols.h2 import (
     ConnectionTerminated,
@@ -211,21 +211,13 @@ class H2Stream(Stream):
 class H2Connection(Connection, asyncio.Protocol):
     """HTTP/2 on one transport. Every method runs on the loop thread."""
 
-    protocol_name = "HTTP/2"
+    protocol_name: ClassVar[str] = "HTTP/2"
 
     __slots__ = (
-        "server",
         "config",
-        "loop",
         "template",
-        "transport",
-        "remote",
         "proto",
         "streams",
-        "requests",
-        "disconnected",
-        "closing",
-        "draining",
         "write_paused",
         "_flush_scheduled",
         "_linger_until",

@@ -135,7 +135,9 @@ def parse_forwarded(value: str) -> list[dict[str, str]]:
 
 
 def _split_outside_quotes(text: str, sep: str) -> list[str]:
-    parts, buf, quoted, escaped = [], [], False, False
+    parts: list[str] = []
+    buf: list[str] = []
+    quoted = escaped = False
     for ch in text:
         if escaped:
             escaped = False

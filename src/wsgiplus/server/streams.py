@@ -35,7 +35,9 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from typing import Any, Protocol
+from typing import Any, ClassVar, Protocol
+
+from .._compiled import mypyc_attr
 
 __all__ = [
     "NO_ENVIRON",
@@ -171,6 +173,7 @@ class StreamConsumer(Protocol):
     def on_disconnect(self) -> None: ...
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)  # subclassed by pure-Python classes
 class Stream:
     """One exchange's response path, subclassed by each protocol.
 
@@ -199,6 +202,12 @@ class Stream:
         "_lock",
         "outbox",
         "_out_size",
+        "flush_posted",
+    )
+    # the same names, readable in the compiled build too (its classes have no __slots__):
+    # what __init__ sets, and a subclass that inlines it must set
+    FIELDS: ClassVar[tuple[str, ...]] = (
+        "loop", "record", "consumer", "paused", "disconnected", "_lock", "outbox", "_out_size",
         "flush_posted",
     )
 
@@ -238,7 +247,9 @@ class Stream:
 
     # True when ``send_file`` may be called: the protocol can send a file from its
     # descriptor (HTTP/1.1 on plain TCP or a Unix socket, not TLS, not HTTP/2)
-    takes_files = False
+    @property
+    def takes_files(self) -> bool:
+        return False
 
     def send_file(self, fd: int, offset: int, count: int) -> None:
         """The body is ``count`` bytes of the regular file ``fd`` from ``offset`` (pool thread;

@@ -17,7 +17,7 @@ import re
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
-from typing import Any
+from typing import Any, ClassVar
 
 __all__ = ["AccessLogger", "Atoms", "FORMATS", "compile_format", "resolve_format"]
 
@@ -37,11 +37,9 @@ def resolve_format(fmt: str | None) -> str:
     return fmt
 
 
-class _AnyAtom(int):
-    """Formats as ``%s``, ``%d`` or ``%f`` alike."""
-
-    def __str__(self) -> str:
-        return "-"
+# Formats as ``%s``, ``%d`` or ``%f`` alike. Made with type(): the optional compiled
+# build (mypyc, see setup.py) cannot compile a subclass of int.
+_AnyAtom = type("_AnyAtom", (int,), {"__str__": lambda self: "-", "__slots__": ()})
 
 
 class _Probe(Mapping[str, Any]):
@@ -310,7 +308,7 @@ class AccessLogger:
     test's list) gets one record per line, at once, as before.
     """
 
-    BATCH_MAX = 256
+    BATCH_MAX: ClassVar[int] = 256
 
     def __init__(self, fmt: str | None = None, json_lines: bool = False,
                  logger: logging.Logger | None = None) -> None:
@@ -373,7 +371,7 @@ class AccessLogger:
             self._pending = []
         logger = self.logger
         try:
-            rec = logger.makeRecord(logger.name, logging.INFO, __file__, 0, "\n".join(lines), None, None)
+            rec = logger.makeRecord(logger.name, logging.INFO, __file__, 0, "\n".join(lines), (), None)
             logger.handle(rec)
         except Exception:
             logging.getLogger("wsgiplus.error").exception("access log failed")

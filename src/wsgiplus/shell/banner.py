@@ -13,6 +13,7 @@ import platform
 from collections.abc import Sequence
 
 from .. import __version__
+from .._compiled import compiled
 from ..server.listeners import all_interfaces
 from .config import Config
 
@@ -43,7 +44,8 @@ def banner_lines(config: Config, addresses: Sequence[str], *, sources: Sequence[
     info, warn = logging.INFO, logging.WARNING
     app = config.app if isinstance(config.app, str) else getattr(config.app, "__qualname__", repr(config.app))
     lines = [(info, f"WSGI+ {__version__} on {platform.python_implementation()} {platform.python_version()}, "
-                    f"{loop or loop_name(config.loop)} event loop")]
+                    f"{loop or loop_name(config.loop)} event loop"
+                    f"{', request path compiled (mypyc)' if compiled() else ''}")]
     if supervisor_pid is None:
         procs = f"one process (pid {os.getpid()}) x {config.threads} threads"
     else:
