@@ -20,11 +20,17 @@ def _compiling() -> bool:
     return os.environ.get("WSGIPLUS_COMPILE", "").strip().lower() not in ("", "0", "no", "false")
 
 
+# When compiling, setuptools' own hooks are not asked: they run setup.py, which imports mypyc,
+# which is what they are asked to find out about (setup.py declares no setup_requires).
+
+
 def get_requires_for_build_wheel(config_settings=None):  # type: ignore[no-untyped-def]
-    extra = _COMPILER if _compiling() else []
-    return _setuptools.get_requires_for_build_wheel(config_settings) + extra
+    if _compiling():
+        return list(_COMPILER)
+    return _setuptools.get_requires_for_build_wheel(config_settings)
 
 
 def get_requires_for_build_editable(config_settings=None):  # type: ignore[no-untyped-def]
-    extra = _COMPILER if _compiling() else []
-    return _setuptools.get_requires_for_build_editable(config_settings) + extra
+    if _compiling():
+        return list(_COMPILER)
+    return _setuptools.get_requires_for_build_editable(config_settings)
