@@ -4,7 +4,8 @@
     WSGI+ on core 0 under wrk on core 1; py-spy samples only the thread that
     holds the GIL (``--gil``), so the table is Python time per function, the
     time that limits a one-process server. Prints req/s, CPU us per request
-    and the top functions (self and inclusive).
+    and the top functions (self and inclusive). For the compiled build, put its
+    src/ first on PYTHONPATH and add ``--native`` (its functions have no Python frames).
 
 ``python -m bench.profile memory [--n 2000]``
     N requests suspended on a timer future in an in-process WSGI+ server;
@@ -61,7 +62,7 @@ def _env() -> dict[str, str]:
     return dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in (extra, str(ROOT)) if p))
 
 
-def cpu(app: str, seconds: float, threads: int, rate: int, top: int) -> None:
+def cpu(app: str, seconds: float, threads: int, rate: int, top: int, native: bool = False) -> None:
     env = _env()
     procs: list[subprocess.Popen] = []
     connections, path = 50, "/"
@@ -86,7 +87,8 @@ def cpu(app: str, seconds: float, threads: int, rate: int, top: int) -> None:
         folded = Path(tempfile.mkstemp(suffix=".folded")[1])
         t0, c0 = time.monotonic(), _ticks(server.pid)
         subprocess.run([str(BIN / "py-spy"), "record", "-p", str(server.pid), "-d", str(int(seconds)), "-r", str(rate),
-                        "--gil", "-f", "raw", "-o", str(folded)], capture_output=True, timeout=seconds + 30)
+                        "--gil", *(["--native"] if native else []), "-f", "raw", "-o", str(folded)],
+                       capture_output=True, timeout=seconds + 30)
         cpu_s = (_ticks(server.pid) - c0) / os.sysconf("SC_CLK_TCK")
         wall = time.monotonic() - t0
         out, _ = wrk.communicate(timeout=seconds + 30)
@@ -174,12 +176,14 @@ def main() -> None:
     c.add_argument("--threads", type=int, default=8)
     c.add_argument("--rate", type=int, default=200)
     c.add_argument("--top", type=int, default=25)
+    c.add_argument("--native", action="store_true",
+                   help="C frames too (py-spy --native): the compiled build's functions are C functions")
     m = sub.add_parser("memory")
     m.add_argument("--n", type=int, default=2000)
     m.add_argument("--top", type=int, default=25)
     args = p.parse_args()
     if args.cmd == "cpu":
-        cpu(args.app, args.seconds, args.threads, args.rate, args.top)
+        cpu(args.app, args.seconds, args.threads, args.rate, args.top, args.native)
     else:
         memory(args.n, args.top)
 

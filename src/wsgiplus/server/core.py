@@ -1083,9 +1083,16 @@ _ACCEPT_HOPS = 3
 class Server:
     """Serves one WSGI app on a set of listening sockets from one event loop."""
 
-    def __init__(self, app: Callable[..., Any], config: Config | None = None) -> None:
+    def __init__(self, app: Callable[..., Any], config: Config | None = None, *, max_requests: int = 0,
+                 on_max_requests: Callable[[], None] | None = None) -> None:
         self.app = app
         self.config = config or Config()
+        # a worker asks to be recycled: on_max_requests() is called once, on the loop thread,
+        # when max_requests exchanges have finished (counted here, not in a subclass: the
+        # worker's server is a plain Server, so the compiled build's calls stay native)
+        self.max_requests = max_requests
+        self.on_max_requests = on_max_requests
+        self.requests_done = 0
         self.limits = self.config.limits
         self.budget = MemoryBudget(self.config.max_buffered_size)  # request heads and bodies
         self.server_header = b"wsgiplus" if self.config.server_header else None
@@ -1203,11 +1210,17 @@ class Server:
         self.connection_closed(conn)
 
     def access(self, conn: Connection, record: ExchangeRecord) -> None:
-        """Called once per finished exchange, on the loop: the access log line, the metrics."""
+        """Called once per finished exchange, on the loop: the access log line, the metrics,
+        the count toward ``max_requests``."""
+        self.requests_done += 1
         if self.access_log is not None:
             self.access_log(record, conn)
         if self.metrics is not None:
             self.metrics.observe(record)
+        if self.requests_done == self.max_requests and self.on_max_requests is not None:
+            log.info("worker %d: served %d requests (max_requests); asking for a replacement",
+                     os.getpid(), self.requests_done)
+            self.on_max_requests()
 
     def flush_access_log(self) -> None:
         """Write the access lines batched so far (the logger batches per loop iteration)."""

@@ -58,27 +58,9 @@ MSG_REPLACE = b"Q"
 # -- inside a worker -----------------------------------------------------------
 
 
-class WorkerServer(Server):
-    """``Server`` that counts finished requests, so a worker can ask to be recycled.
-
-    ``on_max_requests`` is called once, on the loop thread, when ``max_requests``
-    requests have finished.
-    """
-
-    def __init__(self, app: Callable[..., Any], config: Config, *, max_requests: int = 0,
-                 on_max_requests: Callable[[], None] | None = None) -> None:
-        super().__init__(app, config)
-        self.max_requests = max_requests
-        self.on_max_requests = on_max_requests
-        self.requests_done = 0
-
-    def access(self, conn: Any, record: Any) -> None:
-        self.requests_done += 1
-        super().access(conn, record)
-        if self.requests_done == self.max_requests and self.on_max_requests is not None:
-            log.info("worker %d: served %d requests (max_requests); asking for a replacement",
-                     os.getpid(), self.requests_done)
-            self.on_max_requests()
+# A worker's server: ``Server`` itself counts finished requests toward ``max_requests`` and
+# calls ``on_max_requests`` (the name stays for the gunicorn worker and older imports).
+WorkerServer = Server
 
 
 def load_app(config: Config) -> Callable[..., Any]:
