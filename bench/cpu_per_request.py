@@ -27,23 +27,22 @@ from bench.profile import _free_port, _ticks, _wait_port
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def once(tree: str, flags: str, app: str, seconds: float, conns: int, path: str = "/") -> tuple[float, float]:
-    """(req/s, µs CPU per request) of one server run."""
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join((str(Path(tree).resolve()), str(ROOT))))
-    port = _free_port()
-    server = subprocess.Popen([sys.executable, "-m", "wsgiplus", f"bench.apps:{app}", "--bind",
-                               f"127.0.0.1:{port}", "--log-level", "warning", *shlex.split(flags)],
-                              cwd=ROOT, env=env, stdout=subprocess.DEVNULL)
+def measure(server: subprocess.Popen, port: int, seconds: float, conns: int, path: str = "/",
+            pin: list[str] | None = None) -> tuple[float, float]:
+    """(req/s, µs CPU per request) of ``server`` under wrk (``pin``: e.g. ``["taskset", "-c", "1"]``),
+    after a 1 s warm-up; the server is stopped at the end."""
+    wrk = [*(pin or []), "wrk", "-t1"]
     try:
         _wait_port(port)
-        subprocess.run(["wrk", "-t1", "-c10", "-d1s", f"http://127.0.0.1:{port}{path}"], capture_output=True)
+        subprocess.run([*wrk, "-c10", "-d1s", f"http://127.0.0.1:{port}{path}"], capture_output=True, timeout=60)
         c0 = _ticks(server.pid)
-        out = subprocess.run(["wrk", "-t1", f"-c{conns}", f"-d{seconds:.0f}s", f"http://127.0.0.1:{port}{path}"],
+        out = subprocess.run([*wrk, f"-c{conns}", f"-d{seconds:.0f}s", f"http://127.0.0.1:{port}{path}"],
                              capture_output=True, text=True, timeout=seconds + 30).stdout
         cpu_s = (_ticks(server.pid) - c0) / os.sysconf("SC_CLK_TCK")
         total = re.search(r"(\d+) requests in", out)
         n = int(total.group(1)) if total else 0
-        rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)) if n else 0.0
+        rate = re.search(r"Requests/sec:\s+([\d.]+)", out)
+        rps = float(rate.group(1)) if n and rate else 0.0
         return rps, cpu_s / max(n, 1) * 1e6
     finally:
         server.send_signal(signal.SIGTERM)
@@ -52,6 +51,16 @@ def once(tree: str, flags: str, app: str, seconds: float, conns: int, path: str 
         except subprocess.TimeoutExpired:
             server.kill()
             server.wait()
+
+
+def once(tree: str, flags: str, app: str, seconds: float, conns: int, path: str = "/") -> tuple[float, float]:
+    """(req/s, µs CPU per request) of one server run."""
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join((str(Path(tree).resolve()), str(ROOT))))
+    port = _free_port()
+    server = subprocess.Popen([sys.executable, "-m", "wsgiplus", f"bench.apps:{app}", "--bind",
+                               f"127.0.0.1:{port}", "--log-level", "warning", *shlex.split(flags)],
+                              cwd=ROOT, env=env, stdout=subprocess.DEVNULL)
+    return measure(server, port, seconds, conns, path)
 
 
 def main() -> None:

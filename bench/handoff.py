@@ -21,8 +21,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
-import signal
 import statistics
 import subprocess
 import sys
@@ -30,7 +28,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from bench.profile import _free_port, _ticks, _wait_port
+from bench.cpu_per_request import measure
+from bench.profile import _free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -90,26 +89,7 @@ def once(mode: str, seconds: float, conns: int) -> tuple[float, float]:
     server = subprocess.Popen(["taskset", "-c", "0", sys.executable, "-m", "bench.handoff", "serve",
                                *(["--inline"] if mode == "inline" else []), *argv],
                               cwd=ROOT, env=env, stdout=subprocess.DEVNULL)
-    try:
-        _wait_port(port)
-        subprocess.run(["taskset", "-c", "1", "wrk", "-t1", "-c10", "-d1s", f"http://127.0.0.1:{port}/"],
-                       capture_output=True, timeout=60)
-        c0 = _ticks(server.pid)
-        out = subprocess.run(["taskset", "-c", "1", "wrk", "-t1", f"-c{conns}", f"-d{seconds:.0f}s",
-                              f"http://127.0.0.1:{port}/"], capture_output=True, text=True,
-                             timeout=seconds + 30).stdout
-        cpu_s = (_ticks(server.pid) - c0) / os.sysconf("SC_CLK_TCK")
-        total = re.search(r"(\d+) requests in", out)
-        n = int(total.group(1)) if total else 0
-        rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)) if n else 0.0  # type: ignore[union-attr]
-        return rps, cpu_s / max(n, 1) * 1e6
-    finally:
-        server.send_signal(signal.SIGTERM)
-        try:
-            server.wait(20)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait()
+    return measure(server, port, seconds, conns, pin=["taskset", "-c", "1"])
 
 
 def main() -> None:
