@@ -62,3 +62,17 @@ def test_connection_made_during_shutdown_is_answered_then_closed(monkeypatch: py
     assert head.startswith(b"HTTP/1.1 200 "), response
     assert body == b"Hello, world!"
     assert b"connection: close" in head.lower()  # draining: answered, then closed
+
+
+def test_request_stop_after_the_server_has_stopped_is_a_no_op() -> None:
+    # a server that stopped on its own (the case above: its stop began inside the test) may
+    # still be asked to stop: ServerThread.stop(), a supervisor's late signal
+    server = ServerThread(hello_app, threads=1).start()
+    thread = server._thread
+    assert thread is not None
+    server.server.request_stop()
+    thread.join(10)
+    assert not thread.is_alive()
+    assert server.server.loop is not None and server.server.loop.is_closed()
+    server.server.request_stop()  # no "Event loop is closed" from call_soon_threadsafe
+    server.stop()

@@ -1266,7 +1266,10 @@ class Server:
         """Ask the server to stop gracefully; safe from any thread or a signal handler."""
         if self.loop is None or self._stopping is None:
             return
-        self.loop.call_soon_threadsafe(self._stopping.set)
+        try:
+            self.loop.call_soon_threadsafe(self._stopping.set)
+        except RuntimeError:  # the loop is closed: the server has stopped already
+            pass
 
     def stop_now(self) -> None:
         """Stop without waiting: cut every connection (a second Ctrl-C). Loop thread only."""
