@@ -3,8 +3,8 @@
 ``mypyc_attr`` marks the compiled classes that pure-Python classes subclass (the HTTP/2
 and WebSocket connections, the worker's server, test fakes). Without mypy_extensions
 installed it is a decorator that does nothing, so the pure-Python package needs nothing
-more. ``COMPILED`` says whether this process runs the compiled modules (the banner and
-the bench say so).
+more. ``compiled()`` says whether this process runs the compiled modules (the banner
+says so).
 """
 
 from __future__ import annotations

@@ -628,11 +628,9 @@ class HTTPConnection(Connection, asyncio.Protocol):
     # -- streaming request input (wsgiplus.streaming) ---------------------------
 
     def _streams_input(self, request: Request) -> bool:
-        mark = self.server.stream_input
+        mark: Any = self.server.stream_input  # True, or the app's when=... callable
         if mark is True:
             return True
-        if not callable(mark):
-            return False
         head = {
             "REQUEST_METHOD": request.method,
             "PATH_INFO": request.path.decode("latin-1"),

@@ -173,6 +173,11 @@ class StreamConsumer(Protocol):
     def on_disconnect(self) -> None: ...
 
 
+# what every stream holds (Stream.__slots__ and Stream.FIELDS)
+_STREAM_FIELDS = ("loop", "record", "consumer", "paused", "disconnected", "_lock", "outbox", "_out_size",
+                  "flush_posted")
+
+
 @mypyc_attr(allow_interpreted_subclasses=True)  # subclassed by pure-Python classes
 class Stream:
     """One exchange's response path, subclassed by each protocol.
@@ -193,23 +198,10 @@ class Stream:
     ``deliver``, ``complete``, ``error``, ``abort`` (loop thread).
     """
 
-    __slots__ = (
-        "loop",
-        "record",
-        "consumer",
-        "paused",
-        "disconnected",
-        "_lock",
-        "outbox",
-        "_out_size",
-        "flush_posted",
-    )
+    __slots__ = _STREAM_FIELDS
     # the same names, readable in the compiled build too (its classes have no __slots__):
     # what __init__ sets, and a subclass that inlines it must set
-    FIELDS: ClassVar[tuple[str, ...]] = (
-        "loop", "record", "consumer", "paused", "disconnected", "_lock", "outbox", "_out_size",
-        "flush_posted",
-    )
+    FIELDS: ClassVar[tuple[str, ...]] = _STREAM_FIELDS
 
     def __init__(self, loop: asyncio.AbstractEventLoop, record: ExchangeRecord) -> None:
         self.loop = loop
